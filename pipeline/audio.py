@@ -1,0 +1,280 @@
+"""Audio conditioning: PCM scaling, down-mix to mono, resampling to 16 kHz.
+
+Two resamplers share resampy's filters:
+
+* :func:`resample` is resampy's own ``resample`` (what the published VGGish
+  input code calls), for whole signals.
+* :class:`StreamingResampler` computes the same zero-padded polyphase filter
+  block by block. It works in fixed chunks of output, so its result is
+  bit-identical however the input is split, and equals :func:`resample` to
+  about 1e-7 (float summation order).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import params
+
+_INT_SCALES = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+
+
+def to_float(samples: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Scales PCM to float32 in [-1, 1].
+
+    Args:
+      samples: int16, int32 (full-scale PCM), or float32/float64 already in
+        [-1, 1]; shape ``[n]`` or ``[n, channels]``.
+
+    Returns:
+      float32 array of the same shape.
+
+    Raises:
+      ValueError: for other dtypes or more than two dimensions.
+    """
+    arr = np.asarray(samples)
+    if arr.ndim not in (1, 2):
+        raise ValueError(
+            f"audio must have shape [n] or [n, channels]; got an array of shape {arr.shape}"
+        )
+    if arr.dtype in _INT_SCALES:
+        return (arr.astype(np.float32) / np.float32(_INT_SCALES[arr.dtype])).astype(np.float32)
+    if arr.dtype in (np.float32, np.float64):
+        return arr.astype(np.float32, copy=False)
+    raise ValueError(
+        f"audio samples must be int16, int32, float32 or float64; got dtype {arr.dtype}"
+    )
+
+
+def to_mono(samples: npt.NDArray) -> npt.NDArray:
+    """Averages the channels of ``[n, channels]`` audio; ``[n]`` passes through.
+
+    Raises:
+      ValueError: for more than two dimensions or zero channels.
+    """
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2 or samples.shape[1] == 0:
+        raise ValueError(
+            f"audio must have shape [n] or [n, channels] with channels >= 1; got {samples.shape}"
+        )
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1)
+
+
+def condition(samples: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """PCM or float, mono or multi-channel -> mono float32 in [-1, 1]."""
+    return to_mono(to_float(samples)).astype(np.float32, copy=False)
+
+
+def _check_rate(sample_rate: float) -> int:
+    if isinstance(sample_rate, bool) or not float(sample_rate).is_integer() or sample_rate <= 0:
+        raise ValueError(f"sample rate must be a positive whole number of Hz; got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def resample(
+    samples: npt.ArrayLike,
+    sample_rate: int,
+    target_rate: int = params.SAMPLE_RATE,
+    filter: str = params.RESAMPLE_FILTER,
+) -> npt.NDArray[np.float64]:
+    """Resamples mono audio with resampy (the reference resampler).
+
+    Args:
+      samples: float ``[n]``.
+      sample_rate: rate of ``samples``, Hz.
+      target_rate: wanted rate, Hz.
+      filter: a resampy filter name (``kaiser_best`` or ``kaiser_fast``).
+
+    Returns:
+      ``[int(n * target_rate / sample_rate)]`` samples (the input unchanged when
+      the rates are equal).
+    """
+    import resampy  # numba compiles on first use; keep it off the import path
+
+    sample_rate = _check_rate(sample_rate)
+    target_rate = _check_rate(target_rate)
+    x = np.asarray(samples)
+    if sample_rate == target_rate:
+        return x
+    if int(x.shape[0] * target_rate / sample_rate) < 1:
+        return np.zeros(0, dtype=np.float64)
+    return resampy.resample(x.astype(np.float64), sample_rate, target_rate, filter=filter)
+
+
+@lru_cache(maxsize=16)
+def _polyphase_kernel(
+    sample_rate: int, target_rate: int, filter: str
+) -> tuple[int, int, int, npt.NDArray[np.float64]]:
+    """Builds resampy's interpolation filter as a polyphase matrix.
+
+    Output sample ``t = b*q + r`` (block ``b``, phase ``r``) is
+    ``kernel[r] @ x[b*p - left : b*p - left + span]`` with zero padding outside
+    the signal, which is what resampy's loop computes tap by tap.
+
+    Returns:
+      ``(p, q, left, kernel)`` with ``p/q = sample_rate/target_rate`` reduced
+      and ``kernel`` of shape ``[q, span]``.
+    """
+    import resampy.filters
+
+    g = math.gcd(sample_rate, target_rate)
+    p, q = sample_rate // g, target_rate // g
+    win, num_table, _ = resampy.filters.get_filter(filter)
+    ratio = target_rate / sample_rate
+    if ratio < 1:
+        win = ratio * win
+    delta = np.diff(win, append=win[-1])
+    scale = min(1.0, ratio)
+    index_step = int(scale * num_table)
+    nwin = win.shape[0]
+    max_taps = nwin // index_step + 1
+    left = max_taps - 1  # taps to the left of (and including) the base sample, minus one
+    span = p + 2 * max_taps + 1
+    if q * span > 40_000_000:
+        raise ValueError(
+            f"cannot stream-resample {sample_rate} Hz to {target_rate} Hz: the rates share "
+            f"too small a factor (polyphase table {q}x{span}); convert the audio to a common "
+            "rate such as 44100 or 48000 Hz first (e.g. with sox)"
+        )
+    kernel = np.zeros((q, span), dtype=np.float64)
+    for r in range(q):
+        base = (r * p) // q
+        frac = scale * ((r * p) / q - base)
+        # Left wing: taps on x[base - i], i = 0, 1, ...
+        index_frac = frac * num_table
+        offset = int(index_frac)
+        eta = index_frac - offset
+        n_left = (nwin - offset) // index_step
+        idx = offset + np.arange(n_left) * index_step
+        w_left = win[idx] + eta * delta[idx]
+        cols = left + base - np.arange(n_left)
+        kernel[r, cols] += w_left
+        # Right wing: taps on x[base + 1 + k], k = 0, 1, ...
+        index_frac = (scale - frac) * num_table
+        offset = int(index_frac)
+        eta = index_frac - offset
+        n_right = (nwin - offset) // index_step
+        idx = offset + np.arange(n_right) * index_step
+        w_right = win[idx] + eta * delta[idx]
+        cols = left + base + 1 + np.arange(n_right)
+        kernel[r, cols] += w_right
+    # Trim columns that are zero for every phase.
+    used = np.nonzero(np.any(kernel != 0.0, axis=0))[0]
+    first, last = int(used[0]), int(used[-1])
+    kernel = np.ascontiguousarray(kernel[:, first : last + 1])
+    return p, q, left - first, kernel
+
+
+class StreamingResampler:
+    """Resamples a stream of mono blocks of any size to ``target_rate``.
+
+    The output for the whole stream is bit-identical however it is split into
+    blocks: output is computed in fixed chunks of ``chunk_blocks * q`` samples
+    aligned to the start of the stream, each with one matrix product of fixed
+    shape.
+
+    Args:
+      sample_rate: input rate, Hz.
+      target_rate: output rate, Hz.
+      filter: resampy filter name.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        target_rate: int = params.SAMPLE_RATE,
+        filter: str = params.RESAMPLE_FILTER,
+    ) -> None:
+        self.sample_rate = _check_rate(sample_rate)
+        self.target_rate = _check_rate(target_rate)
+        self.filter = filter
+        self._passthrough = self.sample_rate == self.target_rate
+        if not self._passthrough:
+            self._p, self._q, self._left, self._kernel = _polyphase_kernel(
+                self.sample_rate, self.target_rate, filter
+            )
+            self._kernel_t = np.ascontiguousarray(self._kernel.T)
+            self._span = self._kernel.shape[1]
+            target_outputs = max(1, int(params.RESAMPLE_CHUNK_SECONDS * self.target_rate))
+            self._chunk_blocks = max(1, -(-target_outputs // self._q))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets all input; the next sample starts a new stream."""
+        self._consumed_in = 0  # input samples received
+        self._emitted_out = 0  # output samples returned
+        if not self._passthrough:
+            # Buffer starts `left` zeros before input sample 0 (resampy's zero padding).
+            self._buf = np.zeros(self._left, dtype=np.float64)
+            self._buf_start = -self._left  # absolute input index of _buf[0]
+            self._next_block = 0
+
+    @property
+    def output_samples(self) -> int:
+        """Output samples returned so far."""
+        return self._emitted_out
+
+    def process(self, block: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Takes mono float ``[n]``, returns the output samples now complete."""
+        x = np.asarray(block, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"StreamingResampler takes mono [n] blocks; got shape {x.shape}")
+        self._consumed_in += x.shape[0]
+        if self._passthrough:
+            self._emitted_out += x.shape[0]
+            return x
+        self._buf = np.concatenate([self._buf, x])
+        return self._run(final=False)
+
+    def flush(self) -> npt.NDArray[np.float64]:
+        """Ends the stream: returns the remaining output (zero padding at the end),
+        so that the total length is ``int(n_in * target_rate / sample_rate)``."""
+        if self._passthrough:
+            return np.zeros(0, dtype=np.float64)
+        out = self._run(final=True)
+        self.reset()
+        return out
+
+    def _run(self, final: bool) -> npt.NDArray[np.float64]:
+        p, q, span, cb = self._p, self._q, self._span, self._chunk_blocks
+        total_out = (self._consumed_in * self.target_rate) // self.sample_rate
+        pieces = []
+        while True:
+            b0 = self._next_block
+            # Input needed for blocks b0 .. b0+cb-1 (absolute indices, end exclusive).
+            start = b0 * p - self._left
+            end = (b0 + cb - 1) * p - self._left + span
+            have_end = self._buf_start + self._buf.shape[0]
+            if have_end < end:
+                if not final or b0 * q >= total_out:
+                    break
+                self._buf = np.concatenate([self._buf, np.zeros(end - have_end)])
+            lo = start - self._buf_start
+            frames = np.lib.stride_tricks.as_strided(
+                self._buf[lo:],
+                shape=(cb, span),
+                strides=(p * self._buf.strides[0], self._buf.strides[0]),
+                writeable=False,
+            )
+            pieces.append((frames @ self._kernel_t).reshape(-1))
+            self._next_block = b0 + cb
+            # Drop input no later chunk needs.
+            keep_from = self._next_block * p - self._left
+            drop = keep_from - self._buf_start
+            if drop > 0:
+                self._buf = self._buf[drop:]
+                self._buf_start = keep_from
+        if not pieces:
+            return np.zeros(0, dtype=np.float64)
+        out = np.concatenate(pieces)
+        if final:
+            out = out[: max(0, total_out - self._emitted_out)]
+        self._emitted_out += out.shape[0]
+        return out

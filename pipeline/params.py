@@ -1,0 +1,73 @@
+"""Every number of the audiocap signal path, in one place.
+
+The front-end values are those of Google's published VGGish (``vggish_params.py``)
+and must not change: the AudioSet embeddings the classifier is trained on were
+made with them. Training and the daemon import these same names, so training
+features and live features cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# --- Audio conditioning -------------------------------------------------------
+SAMPLE_RATE = 16000
+"""Rate of the front end, Hz. Everything is resampled to this first."""
+
+RESAMPLE_FILTER = "kaiser_best"
+"""resampy filter used by default (the published VGGish code uses resampy's default)."""
+
+RESAMPLE_CHUNK_SECONDS = 0.1
+"""The streaming resampler computes output in chunks of about this length, so
+that its result does not depend on how the input was split into blocks."""
+
+# --- Log-mel front end --------------------------------------------------------
+STFT_WINDOW_SECONDS = 0.025
+STFT_HOP_SECONDS = 0.010
+NUM_MEL_BINS = 64
+MEL_MIN_HZ = 125.0
+MEL_MAX_HZ = 7500.0
+MEL_BREAK_FREQUENCY_HERTZ = 700.0
+"""HTK mel scale: mel = MEL_HIGH_FREQUENCY_Q * ln(1 + hz / MEL_BREAK_FREQUENCY_HERTZ)."""
+MEL_HIGH_FREQUENCY_Q = 1127.0
+LOG_OFFSET = 0.01
+"""Added to the mel energies before the log, to avoid log(0)."""
+
+EXAMPLE_WINDOW_SECONDS = 0.96
+"""Each example covers 96 frames."""
+EXAMPLE_HOP_SECONDS = 0.96
+"""Examples do not overlap."""
+
+STFT_WINDOW_SAMPLES = int(round(SAMPLE_RATE * STFT_WINDOW_SECONDS))  # 400
+STFT_HOP_SAMPLES = int(round(SAMPLE_RATE * STFT_HOP_SECONDS))  # 160
+FFT_LENGTH = 2 ** (STFT_WINDOW_SAMPLES - 1).bit_length()  # 512: next power of two
+NUM_SPECTROGRAM_BINS = FFT_LENGTH // 2 + 1  # 257
+FRAMES_PER_SECOND = 1.0 / STFT_HOP_SECONDS  # 100
+NUM_FRAMES = int(round(EXAMPLE_WINDOW_SECONDS * FRAMES_PER_SECOND))  # 96
+EXAMPLE_HOP_FRAMES = int(round(EXAMPLE_HOP_SECONDS * FRAMES_PER_SECOND))  # 96
+EXAMPLE_HOP_SAMPLES = EXAMPLE_HOP_FRAMES * STFT_HOP_SAMPLES  # 15360
+EXAMPLE_SPAN_SAMPLES = (NUM_FRAMES - 1) * STFT_HOP_SAMPLES + STFT_WINDOW_SAMPLES  # 15600
+"""Samples one example needs; fewer than this at 16 kHz give zero examples."""
+
+# --- VGGish network -----------------------------------------------------------
+EMBEDDING_SIZE = 128
+VGGISH_FC_SIZE = 4096
+VGGISH_CONV_FILTERS = (64, 128, 256, 256, 512, 512)
+DEFAULT_VGGISH_HANDLE = "https://tfhub.dev/google/vggish/1"
+VGGISH_CHECKPOINT_URL = "https://storage.googleapis.com/audioset/vggish_model.ckpt"
+
+# --- PCA and 8-bit quantisation (the AudioSet release format) ----------------
+PCA_EIGEN_VECTORS_NAME = "pca_eigen_vectors"
+PCA_MEANS_NAME = "pca_means"
+QUANTIZE_MIN_VAL = -2.0
+QUANTIZE_MAX_VAL = +2.0
+QUANTIZED_LEVELS = 255
+PCA_PARAMS_URL = "https://storage.googleapis.com/audioset/vggish_pca_params.npz"
+PCA_PARAMS_SHA256 = "4d878af3e306defbfb37095365aa7e5a6cecb86bad13e859e626151c4e6a8b9d"
+
+# --- Rolling window and classifier ---------------------------------------------
+WINDOW_EMBEDDINGS = 10
+"""Embeddings in the classifier's window (10 x 0.96 s = 9.6 s)."""
+EMBEDDING_SECONDS = EXAMPLE_HOP_SECONDS
+"""Audio time between two consecutive embeddings."""
+EMBEDDING_SCALE = 255.0
+"""uint8 embeddings are divided by this before entering the classifier."""
+CLASS_NAMES = ("Speech", "Animal", "Music", "Vehicle")
