@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests import shared makers as `import helpers`; with --import-mode=importlib
+# pytest does not put test folders on sys.path, so this conftest does.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import helpers  # noqa: E402  (tests/ is on sys.path: this conftest's folder)
+import helpers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
