@@ -13,6 +13,7 @@ Two resamplers share resampy's filters:
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -108,6 +109,25 @@ def resample(
     return resampy.resample(x.astype(np.float64), sample_rate, target_rate, filter=filter)
 
 
+def _resampy_filter(name: str) -> tuple[npt.NDArray[np.float64], int]:
+    """resampy's pre-computed filter ``(half_window, precision)``.
+
+    Read from resampy's installed data without importing resampy, whose import
+    compiles numba code (~0.5 s and ~70 MiB on an edge box) that the streaming
+    resampler does not use.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("resampy")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("resampy is not installed; install the project with scripts/setup")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", f"{name}.npz")
+    if not os.path.isfile(path):
+        raise ValueError(f"unknown resampling filter {name!r}: use 'kaiser_best' or 'kaiser_fast'")
+    with np.load(path) as data:
+        return data["half_window"].astype(np.float64), int(data["precision"])
+
+
 @lru_cache(maxsize=16)
 def _polyphase_kernel(
     sample_rate: int, target_rate: int, filter: str
@@ -122,11 +142,9 @@ def _polyphase_kernel(
       ``(p, q, left, kernel)`` with ``p/q = sample_rate/target_rate`` reduced
       and ``kernel`` of shape ``[q, span]``.
     """
-    import resampy.filters
-
     g = math.gcd(sample_rate, target_rate)
     p, q = sample_rate // g, target_rate // g
-    win, num_table, _ = resampy.filters.get_filter(filter)
+    win, num_table = _resampy_filter(filter)
     ratio = target_rate / sample_rate
     if ratio < 1:
         win = ratio * win
