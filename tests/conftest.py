@@ -58,3 +58,12 @@ def vggish_model(vggish_ckpt):
     from pipeline.vggish import load_vggish
 
     return load_vggish(str(vggish_ckpt))
+
+
+@pytest.fixture(scope="session")
+def vggish_tflite(vggish_model, tmp_path_factory):
+    """The random-weight VGGish exported to TFLite: {'float32': path, 'int8': path}."""
+    from pipeline.vggish import export_tflite
+
+    out = tmp_path_factory.mktemp("vggish_tflite")
+    return {q: export_tflite(vggish_model, out / f"vggish_{q}.tflite", q) for q in ("float32", "int8")}

@@ -115,15 +115,9 @@ def test_missing_and_wrong_sources(vggish_weights, tmp_path):
         vggish.KerasVGGish(vggish.build_vggish(), "x")(np.zeros((2, 64, 96), np.float32))
 
 
-@pytest.fixture(scope="module")
-def tflite_exports(vggish_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tflite")
-    return {q: vggish.export_tflite(vggish_model, out / f"vggish_{q}.tflite", q) for q in ("float32", "int8")}
-
-
-def test_tflite_float32_agrees_with_keras(tflite_exports, vggish_model, examples):
+def test_tflite_float32_agrees_with_keras(vggish_tflite, vggish_model, examples):
     keras_out = vggish_model(examples)
-    lite = TFLiteModel(tflite_exports["float32"])
+    lite = TFLiteModel(vggish_tflite["float32"])
     got = np.concatenate([lite(examples[i : i + 1]) for i in range(len(examples))])
     batch = lite(examples)  # resized batch works too
     scale = np.abs(keras_out).max()
@@ -131,8 +125,8 @@ def test_tflite_float32_agrees_with_keras(tflite_exports, vggish_model, examples
     assert np.abs(batch - keras_out).max() / scale < 1e-4
 
 
-def test_tflite_int8_is_smaller_and_close(tflite_exports, vggish_model, examples, pca_path):
-    f32, i8 = tflite_exports["float32"], tflite_exports["int8"]
+def test_tflite_int8_is_smaller_and_close(vggish_tflite, vggish_model, examples, pca_path):
+    f32, i8 = vggish_tflite["float32"], vggish_tflite["int8"]
     assert i8.stat().st_size < 0.3 * f32.stat().st_size
     keras_out = vggish_model(examples)
     got = TFLiteModel(i8)(examples)
