@@ -1,0 +1,183 @@
+"""``audiocap-train``: fit | evaluate | export | experiments | export-vggish.
+
+Logs go to stderr; ``evaluate`` prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels-csv", help="class_labels_indices.csv (default: found near --data)")
+    p.add_argument("--ontology", help="ontology.json (default: found near --data)")
+    p.add_argument("--mapping", choices=("ontology", "direct"), default="ontology",
+                   help="classes cover their ontology descendants (default) or only their own label (the paper)")
+    p.add_argument("--short", choices=("skip", "pad"), default="skip",
+                   help="clips with fewer than 10 frames: skip (default) or pad by repeating the clip")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from train import fit as fit_mod
+    from train import models
+
+    ap = argparse.ArgumentParser(prog="audiocap-train", description=__doc__.splitlines()[0])
+    ap.add_argument("--debug", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = fit_mod.FitConfig(data=[], out="")
+    f = sub.add_parser("fit", help="train a classifier and write a run directory")
+    f.add_argument("--data", required=True, nargs="+", help="tfrecord directory, glob or files")
+    f.add_argument("--out", required=True, help="run directory to write")
+    f.add_argument("--model", choices=models.MODEL_NAMES, default=d.model)
+    _add_data_options(f)
+    f.add_argument("--positives-only", action="store_true", help="drop clips with none of the four (the paper)")
+    f.add_argument("--split", choices=fit_mod.SPLITS, default=d.split,
+                   help="grouped by video_id (leak-free, default) or random after oversampling (the paper)")
+    f.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    f.add_argument("--oversample", choices=fit_mod.OVERSAMPLING, default=d.oversample,
+                   help="permute: the paper's permuted copies of rare-class clips")
+    f.add_argument("--class-weights", action="store_true", help="weight clips by their rarest class")
+    f.add_argument("--loss", choices=models.LOSSES, default=d.loss)
+    f.add_argument("--no-normalise", dest="normalise", action="store_false", help="paper models: feed 0..255")
+    f.add_argument("--no-last-pool", dest="last_pool", action="store_false", help="paper CNN: drop the third pooling")
+    f.add_argument("--hidden", type=int, default=d.hidden)
+    f.add_argument("--dropout", type=float, default=d.dropout)
+    f.add_argument("--aux-weight", type=float, default=d.aux_weight,
+                   help="attention_mil: weight of the 527-label auxiliary loss (0: none)")
+    f.add_argument("--ensemble", type=int, default=d.ensemble, help="average N seeded models")
+    f.add_argument("--epochs", type=int, default=d.epochs)
+    f.add_argument("--batch-size", type=int, default=d.batch_size)
+    f.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    f.add_argument("--seed", type=int, default=d.seed)
+    f.add_argument("--strategy", choices=fit_mod.STRATEGIES, default=d.strategy,
+                   help="tf.distribute: mirrored (local devices) or multiworker (TF_CONFIG)")
+    f.add_argument("--last-epoch", dest="select_best", action="store_false",
+                   help="keep the last epoch instead of the best validation mAP")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="metrics of a bundle on tfrecords (one JSON object on stdout)")
+    e.add_argument("--model", help="bundle directory (default: the shipped bundle)")
+    e.add_argument("--data", required=True, nargs="+", help="tfrecord directory, glob or files")
+    e.add_argument("--runtime", choices=("auto", "litert", "keras"), default="keras")
+    e.add_argument("--split", choices=("all", "val", "train"), default="all",
+                   help="only the clips of the grouped validation (or training) split")
+    e.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    e.add_argument("--short", choices=("skip", "pad"), default="skip")
+
+    x = sub.add_parser("export", help="write a model bundle from a run directory")
+    x.add_argument("--run", required=True, help="run directory written by fit")
+    x.add_argument("--out", required=True, help="bundle directory to write")
+    x.add_argument("--name", default="audiocap-classifier")
+    x.add_argument("--version", default="1")
+    x.add_argument("--no-seconds", dest="seconds", action="store_false", help="leave out the per-second model")
+
+    g = sub.add_parser("experiments", help="rerun the paper's grid, leak-free and leaky")
+    g.add_argument("--data", required=True, nargs="+")
+    g.add_argument("--out", required=True, help="directory for results.json, the table and the chart")
+    g.add_argument("--epochs", type=int, default=3)
+    g.add_argument("--limit", type=int, default=0, help="use only this many settings (0: all)")
+    g.add_argument("--protocols", nargs="+", default=["grouped", "paper"], choices=("grouped", "paper"))
+    g.add_argument("--markdown", help="also write the table into this markdown file (between markers)")
+    _add_data_options(g)
+
+    v = sub.add_parser("export-vggish", help="export VGGish to TFLite (float32, int8) and a SavedModel")
+    v.add_argument("--source", required=True, help="VGGish checkpoint, SavedModel dir or TF-Hub handle")
+    v.add_argument("--out", required=True, help="output directory")
+    v.add_argument("--no-savedmodel", dest="savedmodel", action="store_false")
+    return ap
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from train.fit import FitConfig, fit
+
+    cfg = FitConfig(
+        data=args.data, out=args.out, model=args.model, labels_csv=args.labels_csv, ontology=args.ontology,
+        mapping=args.mapping, positives_only=args.positives_only, short=args.short, split=args.split,
+        val_fraction=args.val_fraction, oversample=args.oversample, class_weights=args.class_weights,
+        loss=args.loss, normalise=args.normalise, last_pool=args.last_pool, hidden=args.hidden,
+        dropout=args.dropout, aux_weight=args.aux_weight, ensemble=args.ensemble, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, strategy=args.strategy,
+        select_best=args.select_best, verbose=0 if args.quiet else 1,
+        extra={"command": " ".join(["audiocap-train", *sys.argv[1:]])},
+    )
+    run = fit(cfg)
+    print(run)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from train.evaluate import evaluate_bundle
+
+    result = evaluate_bundle(args.model, args.data, runtime=args.runtime, split=args.split,
+                             val_fraction=args.val_fraction, short=args.short)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from train.export import export_run
+
+    print(export_run(args.run, args.out, name=args.name, version=args.version, seconds=args.seconds))
+    return 0
+
+
+def _cmd_experiments(args: argparse.Namespace) -> int:
+    from train.experiments import run_grid
+
+    run_grid(args.data, args.out, epochs=args.epochs, limit=args.limit, protocols=args.protocols,
+             labels_csv=args.labels_csv, ontology=args.ontology, mapping=args.mapping, short=args.short,
+             markdown=args.markdown)
+    return 0
+
+
+def _cmd_export_vggish(args: argparse.Namespace) -> int:
+    from pipeline.vggish import export_savedmodel, export_tflite, load_vggish
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_vggish(args.source)
+    for quant in ("float32", "int8"):
+        path = export_tflite(model, out / f"vggish_{'f32' if quant == 'float32' else 'int8'}.tflite", quant)
+        _LOGGER.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+        print(path)
+    if args.savedmodel:
+        print(export_savedmodel(model, out / "vggish_savedmodel"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``audiocap-train`` console script."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handlers = {
+        "fit": _cmd_fit,
+        "evaluate": _cmd_evaluate,
+        "export": _cmd_export,
+        "experiments": _cmd_experiments,
+        "export-vggish": _cmd_export_vggish,
+    }
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        _LOGGER.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

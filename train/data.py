@@ -1,0 +1,511 @@
+"""Reading AudioSet embedding tfrecords, label mapping, splits and balancing.
+
+The reader is a ``tf.data`` pipeline that streams files in parallel and never
+holds a split in memory, so it scales from ``bal_train`` (22k clips) to the
+2-million-clip unbalanced split. Every element carries a status code; bad
+input is counted and skipped (or padded), never a crash:
+
+* a file whose records stop early (truncated, or a record failing its CRC) is
+  read up to the damage and counted in ``corrupt_files``;
+* a record whose bytes are not a SequenceExample is counted in ``bad_records``;
+* a clip whose embeddings are not 128 bytes is counted in ``bad_size``;
+* a clip with fewer than ``params.WINDOW_EMBEDDINGS`` frames is counted in
+  ``short`` and skipped, or padded when ``short="pad"`` (the clip is repeated
+  cyclically to 10 frames, so the padding looks like the clip itself).
+
+For ``bal_train``-sized sets :func:`load_clips` materialises the clips into
+NumPy arrays (about 30 MB); :func:`make_dataset` is the streaming path for
+training on data that does not fit in memory.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import params
+from pipeline.labels import ClassMap
+
+_LOGGER = logging.getLogger(__name__)
+
+# Status codes carried by every element of the raw pipeline.
+OK = 0
+SHORT = 1
+BAD_SIZE = 2
+FILE_OK = 3
+FILE_CORRUPT = 4
+PADDED = 5
+
+PARSE_BATCH = 256
+"""Records parsed per batched ParseSequenceExample call (the fast path)."""
+_RECORD_OVERHEAD = 16
+"""Bytes of framing around each TFRecord payload: length, 2 CRCs."""
+SHORT_POLICIES = ("skip", "pad")
+
+
+class DataError(ValueError):
+    """The data directory or glob holds nothing readable."""
+
+
+@dataclass
+class IngestStats:
+    """What the reader saw. ``clips`` counts the clips it delivered."""
+
+    files: int = 0
+    corrupt_files: int = 0
+    records: int = 0
+    clips: int = 0
+    bad_records: int = 0
+    bad_size: int = 0
+    short: int = 0
+    padded: int = 0
+    corrupt_paths: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["corrupt_paths"] = d["corrupt_paths"][:20]
+        return d
+
+    def log(self) -> None:
+        _LOGGER.info(
+            "read %d clips from %d files (%d corrupt/truncated files, %d unparseable records, "
+            "%d clips with wrong embedding size, %d short clips %s)",
+            self.clips, self.files, self.corrupt_files, self.bad_records, self.bad_size,
+            self.short + self.padded, "padded" if self.padded else "skipped",
+        )
+
+
+@dataclass
+class Clips:
+    """Clips in memory.
+
+    Attributes:
+      x: uint8 ``[N, 10, 128]`` embeddings.
+      labels: uint8 ``[N, num_labels]`` AudioSet multi-hot labels (527).
+      video_id: ``[N]`` str.
+      start: float32 ``[N]`` start time in the video, seconds.
+      frames: int32 ``[N]`` frames the clip really had (before padding).
+    """
+
+    x: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.uint8]
+    video_id: npt.NDArray[np.str_]
+    start: npt.NDArray[np.float32]
+    frames: npt.NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, idx: npt.ArrayLike) -> "Clips":
+        i = np.asarray(idx)
+        return Clips(self.x[i], self.labels[i], self.video_id[i], self.start[i], self.frames[i])
+
+    def targets(self, class_map: ClassMap) -> npt.NDArray[np.uint8]:
+        """uint8 ``[N, 4]`` class targets."""
+        return class_map.targets(self.labels)
+
+
+def list_files(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Resolves a directory (its ``*.tfrecord``), a glob, a file, or a list of those.
+
+    Raises:
+      DataError: nothing matched, naming what was looked for.
+    """
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    out: list[Path] = []
+    for item in items:
+        s = os.fspath(item)
+        p = Path(s)
+        if p.is_dir():
+            out.extend(sorted(p.glob("*.tfrecord")))
+        elif p.is_file():
+            out.append(p)
+        else:
+            out.extend(Path(f) for f in sorted(glob.glob(s)) if os.path.isfile(f))
+    if not out:
+        raise DataError(
+            f"no tfrecord files found at {data!r}: pass a directory of *.tfrecord files "
+            "(e.g. audioset_v1_embeddings/bal_train), a glob or a file"
+        )
+    return out
+
+
+def _file_dataset(path: Any, size: Any) -> Any:
+    """One file's records followed by a tail element that says if it was whole.
+
+    Elements: ``(record bytes, kind, count, path)``: kind OK for records, and
+    FILE_OK or FILE_CORRUPT for the tail, whose count is the number of records
+    framed in the file. A file is whole when the bytes of the records read plus
+    their framing add up to its size: a truncated file or a record failing its
+    CRC ends the file early (``ignore_errors``) and leaves a gap.
+    """
+    import tensorflow as tf
+
+    recs = tf.data.TFRecordDataset(path, buffer_size=256 * 1024).ignore_errors()
+    recs = recs.map(lambda r: (r, tf.constant(False)))
+    tail = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True)))
+
+    def step(state, elem):
+        consumed, n = state
+        rec, is_tail = elem
+        add = tf.where(is_tail, tf.constant(0, tf.int64), tf.cast(tf.strings.length(rec), tf.int64) + _RECORD_OVERHEAD)
+        consumed = consumed + add
+        n = n + tf.where(is_tail, tf.constant(0, tf.int64), tf.constant(1, tf.int64))
+        kind = tf.where(is_tail, tf.where(consumed == size, FILE_OK, FILE_CORRUPT), OK)
+        count = tf.where(is_tail, n, tf.constant(1, tf.int64))
+        return (consumed, n), (rec, tf.cast(kind, tf.int32), count, path)
+
+    zero = tf.constant(0, tf.int64)
+    return recs.concatenate(tail).scan((zero, zero), step)
+
+
+def _parse_batch(records: Any, kinds: Any, counts: Any, paths: Any, num_labels: int, short: str) -> dict[str, Any]:
+    """Parses a batch of serialized SequenceExamples (all valid, else it raises).
+
+    Returns a dict of batched tensors: ``x`` uint8 [B,10,128], ``labels``
+    uint8 [B,num_labels], ``video_id`` string [B], ``start`` float32 [B],
+    ``frames`` int32 [B], ``status`` int32 [B].
+    """
+    import tensorflow as tf
+
+    n_win, dims = params.WINDOW_EMBEDDINGS, params.EMBEDDING_SIZE
+    context, seq, lengths = tf.io.parse_sequence_example(
+        records,
+        context_features={
+            "video_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+            "start_time_seconds": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+            "labels": tf.io.VarLenFeature(tf.int64),
+        },
+        sequence_features={
+            "audio_embedding": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+        },
+    )
+    emb = seq["audio_embedding"]  # [B, T] bytes, "" past each clip's end
+    frames = tf.cast(lengths["audio_embedding"], tf.int32)
+    t = tf.shape(emb)[1]
+    # Keep at most 10 frames; give every clip exactly 10 slots.
+    emb = tf.pad(emb[:, :n_win], [[0, 0], [0, tf.maximum(0, n_win - t)]])
+    frames = tf.minimum(frames, n_win)
+    valid = tf.sequence_mask(frames, n_win)
+    sizes = tf.strings.length(emb)
+    bad_size = tf.reduce_any(tf.logical_and(valid, tf.not_equal(sizes, dims)), axis=1)
+    # Every string to exactly 128 bytes so decode_raw cannot fail on bad sizes.
+    fixed = tf.strings.substr(emb + tf.constant(b"\0" * dims), 0, dims)
+    x = tf.io.decode_raw(fixed, tf.uint8)  # [B, 10, 128]
+    if short == "pad":
+        # Repeat the clip cyclically: slot i takes frame i mod frames.
+        src = tf.math.floormod(tf.range(n_win)[None, :], tf.maximum(frames, 1)[:, None])
+        x = tf.gather(x, src, axis=1, batch_dims=1)
+    lab = context["labels"]
+    ids = tf.where(
+        (lab.values >= 0) & (lab.values < num_labels), lab.values, tf.constant(-1, tf.int64)
+    )
+    rows = lab.indices[:, 0]
+    keep = ids >= 0
+    multi = tf.scatter_nd(
+        tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(ids, keep)], axis=1),
+        tf.ones_like(tf.boolean_mask(ids, keep), dtype=tf.int32),
+        tf.cast(tf.stack([tf.shape(records)[0], num_labels]), tf.int64),
+    )
+    labels = tf.cast(tf.minimum(multi, 1), tf.uint8)
+    is_short = frames < n_win
+    status = tf.where(bad_size, BAD_SIZE, tf.where(is_short, PADDED if short == "pad" else SHORT, OK))
+    tails = kinds != OK
+    status = tf.where(tails, kinds, status)
+    return {
+        "x": x,
+        "labels": labels,
+        # Tails carry their file's path here and its record count in "count".
+        "video_id": tf.where(tails, paths, context["video_id"]),
+        "count": counts,
+        "start": context["start_time_seconds"],
+        "frames": frames,
+        "status": tf.cast(status, tf.int32),
+    }
+
+
+def raw_dataset(
+    files: Sequence[Path],
+    num_labels: int = params.AUDIOSET_NUM_LABELS,
+    short: str = "skip",
+    parallel: int | None = None,
+    deterministic: bool = True,
+    batch: int = PARSE_BATCH,
+) -> Any:
+    """The streaming reader: batches of parsed clips WITH status codes.
+
+    Args:
+      files: tfrecord paths.
+      num_labels: AudioSet label vocabulary size.
+      short: ``"skip"`` or ``"pad"`` for clips of fewer than 10 frames.
+      parallel: files read at once (default: AUTOTUNE).
+      deterministic: keep a reproducible order.
+      batch: records parsed per call.
+
+    Returns:
+      A ``tf.data.Dataset`` of dicts (see :func:`_parse_batch`); rows with
+      status FILE_OK/FILE_CORRUPT are per-file tails, not clips. A batch that
+      holds an unparseable record is re-parsed record by record and the bad
+      record is dropped; :func:`load_clips` counts them from the difference.
+    """
+    import tensorflow as tf
+
+    if short not in SHORT_POLICIES:
+        raise ValueError(f"short must be one of {SHORT_POLICIES}; got {short!r}")
+    sizes = [os.path.getsize(f) for f in files]
+    autotune = tf.data.AUTOTUNE
+    ds = tf.data.Dataset.from_tensor_slices(
+        ([os.fspath(f) for f in files], tf.constant(sizes, tf.int64))
+    )
+    ds = ds.interleave(
+        _file_dataset,
+        cycle_length=parallel or autotune,
+        num_parallel_calls=parallel or autotune,
+        deterministic=deterministic,
+    )
+    ds = ds.batch(batch)
+
+    def parse_or_fallback(records, kinds, counts, paths):
+        fast = tf.data.Dataset.from_tensors((records, kinds, counts, paths)).map(
+            lambda r, k, c, p: _parse_batch(r, k, c, p, num_labels, short)
+        ).ignore_errors()
+        slow = (
+            tf.data.Dataset.from_tensor_slices((records, kinds, counts, paths))
+            .map(lambda r, k, c, p: _parse_batch(r[None], k[None], c[None], p[None], num_labels, short))
+            .ignore_errors()
+            .unbatch()
+            .batch(batch)
+        )
+        return fast.concatenate(slow).take(1)
+
+    ds = ds.interleave(
+        parse_or_fallback, cycle_length=1, num_parallel_calls=autotune, deterministic=deterministic
+    )
+    return ds.prefetch(autotune)
+
+
+def iter_batches(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    stats: IngestStats | None = None,
+    **kwargs: Any,
+) -> Iterator[dict[str, npt.NDArray]]:
+    """Streams NumPy batches of good clips and fills ``stats`` as it goes.
+
+    Args:
+      data: a directory, glob, file or list of them.
+      stats: updated in place (counts of everything skipped).
+      **kwargs: passed to :func:`raw_dataset`.
+
+    Yields:
+      dicts of NumPy arrays like :func:`_parse_batch` (status OK or PADDED only).
+    """
+    files = list_files(data)
+    st = stats if stats is not None else IngestStats()
+    st.files += len(files)
+    framed = 0
+    delivered = 0
+    for b in raw_dataset(files, **kwargs).as_numpy_iterator():
+        status = b["status"]
+        tails = (status == FILE_OK) | (status == FILE_CORRUPT)
+        corrupt = status == FILE_CORRUPT
+        if np.any(corrupt):
+            st.corrupt_files += int(np.sum(corrupt))
+            st.corrupt_paths.extend(v.decode("utf-8", "replace") for v in b["video_id"][corrupt])
+        framed += int(np.sum(b["count"][tails]))
+        delivered += int(np.sum(~tails))
+        st.bad_size += int(np.sum(status == BAD_SIZE))
+        st.short += int(np.sum(status == SHORT))
+        st.padded += int(np.sum(status == PADDED))
+        good = (status == OK) | (status == PADDED)
+        st.clips += int(np.sum(good))
+        out = {k: v for k, v in b.items() if k != "count"}
+        if np.all(good):
+            yield out
+        elif np.any(good):
+            yield {k: v[good] for k, v in out.items()}
+    st.records += framed
+    # A record that framed correctly but is not a SequenceExample was dropped
+    # by the parser: it is the difference between framed and delivered rows.
+    st.bad_records += framed - delivered
+    for p in st.corrupt_paths[:5]:
+        _LOGGER.warning("corrupt or truncated tfrecord (read up to the damage): %s", p)
+
+
+def load_clips(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    short: str = "skip",
+    num_labels: int = params.AUDIOSET_NUM_LABELS,
+    stats: IngestStats | None = None,
+    parallel: int | None = None,
+) -> tuple[Clips, IngestStats]:
+    """Reads every good clip into memory (for bal_train-sized data).
+
+    Args:
+      data: a directory of ``*.tfrecord``, a glob, a file or a list.
+      short: ``"skip"`` or ``"pad"`` clips with fewer than 10 frames.
+      num_labels: AudioSet label vocabulary size.
+      stats: filled in place if given.
+      parallel: files read at once (default AUTOTUNE).
+
+    Returns:
+      ``(clips, stats)``; clips in a deterministic order.
+
+    Raises:
+      DataError: no files matched.
+    """
+    st = stats if stats is not None else IngestStats()
+    parts = list(iter_batches(data, st, short=short, num_labels=num_labels, parallel=parallel))
+    if parts:
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    else:
+        cat = {
+            "x": np.zeros((0, params.WINDOW_EMBEDDINGS, params.EMBEDDING_SIZE), np.uint8),
+            "labels": np.zeros((0, num_labels), np.uint8),
+            "video_id": np.zeros((0,), object),
+            "start": np.zeros((0,), np.float32),
+            "frames": np.zeros((0,), np.int32),
+        }
+    clips = Clips(
+        x=cat["x"],
+        labels=cat["labels"],
+        video_id=np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in cat["video_id"]]),
+        start=cat["start"].astype(np.float32),
+        frames=cat["frames"].astype(np.int32),
+    )
+    st.log()
+    return clips, st
+
+
+def grouped_split(
+    video_ids: Sequence[str] | npt.NDArray, val_fraction: float = 0.2, salt: str = "audiocap"
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A deterministic train/validation split grouped by video.
+
+    A clip goes to validation when a hash of ``salt + video_id`` falls below
+    ``val_fraction``: every clip of one video lands on the same side, and the
+    assignment of a video does not depend on what else is in the data (so it is
+    stable across runs, machines and subsets).
+
+    Returns:
+      ``(train_idx, val_idx)`` int64 index arrays.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction}")
+    u = np.array(
+        [
+            int.from_bytes(hashlib.sha1(f"{salt}:{v}".encode()).digest()[:8], "big") / 2.0**64
+            for v in video_ids
+        ],
+        dtype=np.float64,
+    )
+    val = u < val_fraction
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def random_split(n: int, val_fraction: float, seed: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The paper's split: a plain random permutation of rows (not grouped)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_val = int(round(n * val_fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def permutation_oversample(
+    x: npt.NDArray[np.uint8], y: npt.NDArray, seed: int = 0, target: str = "max"
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray, npt.NDArray[np.int64]]:
+    """The paper's oversampling: copies of rare-class clips with their 10 seconds shuffled.
+
+    Each class is brought up to the count of the most frequent class by adding
+    copies of its clips whose frame order is randomly permuted. Multi-label
+    clips count for every class they carry; copies are drawn from the clips of
+    the class being filled.
+
+    Args:
+      x: uint8 ``[N, 10, 128]``.
+      y: ``[N, C]`` 0/1 targets.
+      seed: random seed.
+      target: ``"max"`` (fill up to the largest class).
+
+    Returns:
+      ``(x_aug [M, 10, 128], y_aug [M, C], source [M])``: the originals first,
+      then the copies; ``source`` is the row each came from.
+    """
+    if target != "max":
+        raise ValueError(f"target must be 'max'; got {target!r}")
+    rng = np.random.default_rng(seed)
+    counts = y.sum(axis=0).astype(np.int64)
+    goal = int(counts.max()) if len(counts) else 0
+    src = [np.arange(len(x))]
+    for c in range(y.shape[1]):
+        rows = np.flatnonzero(y[:, c])
+        need = goal - int(counts[c])
+        if need > 0 and len(rows):
+            src.append(rng.choice(rows, size=need, replace=True))
+    source = np.concatenate(src)
+    extra = source[len(x):]
+    perms = np.argsort(rng.random((len(extra), x.shape[1])), axis=1)
+    x_extra = np.take_along_axis(x[extra], perms[:, :, None], axis=1)
+    return np.concatenate([x, x_extra]), np.concatenate([y, y[extra]]), source
+
+
+def class_weights(y: npt.NDArray) -> npt.NDArray[np.float32]:
+    """Per-class positive weights ``n_neg / n_pos`` (clipped to [1, 100]), float32 ``[C]``."""
+    pos = y.sum(axis=0).astype(np.float64)
+    neg = len(y) - pos
+    return np.clip(neg / np.maximum(pos, 1.0), 1.0, 100.0).astype(np.float32)
+
+
+def make_dataset(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    class_map: ClassMap,
+    batch_size: int = 256,
+    shuffle: int = 10000,
+    short: str = "skip",
+    aux_labels: bool = False,
+    repeat: bool = False,
+    seed: int = 0,
+) -> Any:
+    """A streaming ``(x, y)`` dataset for ``model.fit`` on data too big for memory.
+
+    Args:
+      data: directory/glob/file(s).
+      class_map: the four classes.
+      batch_size: output batch size.
+      shuffle: shuffle buffer in clips (0: no shuffle).
+      short: ``"skip"`` or ``"pad"``.
+      aux_labels: also yield the 527 AudioSet labels (``y`` becomes a dict
+        ``{"classes": [B,4], "audioset": [B,527]}``).
+      repeat: repeat forever.
+      seed: shuffle seed.
+
+    Returns:
+      ``tf.data.Dataset`` of ``(uint8 [B,10,128], float32 [B,4])``. Bad clips
+      are dropped; use :func:`iter_batches` when you need their counts.
+    """
+    import tensorflow as tf
+
+    files = list_files(data)
+    mat = tf.constant(class_map.matrix())
+    ds = raw_dataset(files, num_labels=class_map.num_labels, short=short, deterministic=False).unbatch()
+    ds = ds.filter(lambda e: (e["status"] == OK) | (e["status"] == PADDED))
+    if shuffle:
+        ds = ds.shuffle(shuffle, seed=seed)
+    if repeat:
+        ds = ds.repeat()
+
+    def to_xy(e):
+        lab = tf.cast(e["labels"], tf.float32)
+        y = tf.cast(tf.matmul(lab, mat) > 0, tf.float32)
+        if aux_labels:
+            return e["x"], {"classes": y, "audioset": lab}
+        return e["x"], y
+
+    return ds.batch(batch_size).map(to_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,291 @@
+"""Metrics, threshold calibration and plots for the four-class classifier."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import params
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _check(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[npt.NDArray, npt.NDArray]:
+    y = np.asarray(y_true).astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise ValueError(f"targets and scores must both be [N, C]; got {y.shape} and {s.shape}")
+    return y, s
+
+
+def average_precisions(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Per-class average precision (NaN for a class without positives), ``[C]``."""
+    from sklearn.metrics import average_precision_score
+
+    y, s = _check(y_true, scores)
+    return np.array(
+        [average_precision_score(y[:, c], s[:, c]) if y[:, c].any() else np.nan for c in range(y.shape[1])]
+    )
+
+
+def top1_accuracy(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[float, int]:
+    """Accuracy of argmax on clips carrying exactly one of the classes.
+
+    Returns:
+      ``(accuracy, number of such clips)``; accuracy NaN when there are none.
+    """
+    y, s = _check(y_true, scores)
+    single = y.sum(axis=1) == 1
+    n = int(single.sum())
+    if not n:
+        return float("nan"), 0
+    return float(np.mean(s[single].argmax(axis=1) == y[single].argmax(axis=1))), n
+
+
+def binary_accuracy(y_true: npt.ArrayLike, scores: npt.ArrayLike, threshold: float = 0.5) -> float:
+    """Keras' ``binary_accuracy``: the share of all N*C cells right at ``threshold``.
+
+    This is what Keras prints for binary cross-entropy on one-hot targets; with
+    four classes a model that always says "no" already scores 75 %.
+    """
+    y, s = _check(y_true, scores)
+    return float(np.mean((s > threshold) == (y > 0)))
+
+
+def calibrate_thresholds(
+    y_true: npt.ArrayLike, scores: npt.ArrayLike, names: Sequence[str] = params.CLASS_NAMES
+) -> dict[str, float]:
+    """Per-class threshold that maximises F1 on the given (validation) clips.
+
+    Returns:
+      ``{class name: threshold}``; ``params.DEFAULT_THRESHOLD`` for a class
+      without positives.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    y, s = _check(y_true, scores)
+    out = {}
+    for c, name in enumerate(names):
+        if not y[:, c].any():
+            out[name] = params.DEFAULT_THRESHOLD
+            continue
+        prec, rec, thr = precision_recall_curve(y[:, c], s[:, c])
+        f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
+        out[name] = float(thr[int(np.argmax(f1))])
+    return out
+
+
+def compute_metrics(
+    y_true: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    thresholds: dict[str, float] | None = None,
+    names: Sequence[str] = params.CLASS_NAMES,
+) -> dict[str, Any]:
+    """Everything ``evaluate`` reports, as a JSON-ready dict.
+
+    Args:
+      y_true: ``[N, C]`` 0/1 targets (ontology mapping; negatives included).
+      scores: ``[N, C]`` scores in [0, 1].
+      thresholds: per-class decision thresholds (default 0.5 each).
+      names: class names in column order.
+
+    Returns:
+      ``mAP``, ``per_class`` (AP, ROC AUC, precision, recall, F1, threshold,
+      positives), ``macro_f1``, ``top1_accuracy`` / ``top1_clips``,
+      ``binary_accuracy`` (Keras-style at 0.5), ``counts``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _check(y_true, scores)
+    thr = {n: params.DEFAULT_THRESHOLD for n in names} if thresholds is None else thresholds
+    aps = average_precisions(y, s)
+    per_class = {}
+    f1s = []
+    for c, name in enumerate(names):
+        t = float(thr.get(name, params.DEFAULT_THRESHOLD))
+        pred = s[:, c] >= t
+        tp = int(np.sum(pred & (y[:, c] > 0)))
+        fp = int(np.sum(pred & (y[:, c] == 0)))
+        fn = int(np.sum(~pred & (y[:, c] > 0)))
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        f1s.append(f1)
+        has_both = 0 < y[:, c].sum() < len(y)
+        per_class[name] = {
+            "ap": _num(aps[c]),
+            "roc_auc": _num(roc_auc_score(y[:, c], s[:, c])) if has_both else None,
+            "threshold": t,
+            "precision": p,
+            "recall": r,
+            "f1": f1,
+            "positives": int(y[:, c].sum()),
+        }
+    top1, n_single = top1_accuracy(y, s)
+    return {
+        "mAP": _num(np.nanmean(aps)) if np.any(~np.isnan(aps)) else None,
+        "macro_f1": float(np.mean(f1s)),
+        "top1_accuracy": _num(top1),
+        "binary_accuracy": binary_accuracy(y, s),
+        "per_class": per_class,
+        "counts": {
+            "clips": int(len(y)),
+            "single_label_clips": n_single,
+            "multi_label_clips": int(np.sum(y.sum(axis=1) > 1)),
+            "negative_clips": int(np.sum(y.sum(axis=1) == 0)),
+            "positives": {n: int(y[:, c].sum()) for c, n in enumerate(names)},
+        },
+    }
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) else round(v, 6)
+
+
+def confusion(
+    y_true: npt.ArrayLike, scores: npt.ArrayLike, thresholds: dict[str, float], names: Sequence[str] = params.CLASS_NAMES
+) -> npt.NDArray[np.int64]:
+    """Confusion matrix ``[C+1, C+1]`` over clips with at most one true class.
+
+    Row/column ``C`` is "none". The prediction is the highest-scoring class
+    among those above their threshold, or "none".
+    """
+    y, s = _check(y_true, scores)
+    keep = y.sum(axis=1) <= 1
+    y, s = y[keep], s[keep]
+    c = y.shape[1]
+    t = np.array([thresholds.get(n, params.DEFAULT_THRESHOLD) for n in names])
+    true = np.where(y.sum(axis=1) == 1, y.argmax(axis=1), c)
+    above = s >= t
+    masked = np.where(above, s, -np.inf)
+    pred = np.where(above.any(axis=1), masked.argmax(axis=1), c)
+    m = np.zeros((c + 1, c + 1), dtype=np.int64)
+    np.add.at(m, (true, pred), 1)
+    return m
+
+
+def plot_all(
+    out_dir: str | os.PathLike,
+    y_true: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    thresholds: dict[str, float],
+    history: dict[str, list[float]] | None = None,
+    names: Sequence[str] = params.CLASS_NAMES,
+) -> list[Path]:
+    """Writes ``learning_curves.png``, ``pr_curves.png``, ``confusion.png``.
+
+    Returns:
+      The written paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y, s = _check(y_true, scores)
+    written = []
+    if history:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for key, vals in history.items():
+            ax = axes[0] if "loss" in key else axes[1]
+            ax.plot(range(1, len(vals) + 1), vals, label=key)
+        axes[0].set_title("loss")
+        axes[1].set_title("validation metrics")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "learning_curves.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    aps = average_precisions(y, s)
+    for c, name in enumerate(names):
+        if not y[:, c].any():
+            continue
+        prec, rec, _ = precision_recall_curve(y[:, c], s[:, c])
+        ax.plot(rec, prec, label=f"{name} (AP {aps[c]:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"precision-recall, mAP {np.nanmean(aps):.3f}")
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "pr_curves.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+    m = confusion(y, s, thresholds, names)
+    labels = [*names, "none"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(m / np.maximum(m.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion (clips with at most one class)")
+    fig.tight_layout()
+    written.append(out / "confusion.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+    return written
+
+
+def evaluate_bundle(
+    model_dir: str | os.PathLike | None,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    runtime: str = "keras",
+    split: str = "all",
+    val_fraction: float = 0.2,
+    short: str = "skip",
+) -> dict[str, Any]:
+    """Scores tfrecords with a bundle and computes :func:`compute_metrics`.
+
+    The class targets come from the bundle's own ``classes[].label_indices``
+    (the mapping it was trained with), so no label files are needed.
+
+    Args:
+      model_dir: bundle directory (None: the shipped bundle).
+      data: tfrecord directory/glob/files.
+      runtime: ``keras``, ``litert`` or ``auto``.
+      split: ``all`` clips, or only the ``val``/``train`` side of the grouped split.
+      val_fraction: the grouped split's validation share.
+      short: ``skip`` or ``pad`` short clips.
+
+    Returns:
+      The metrics dict plus ``model``, ``data``, ``split``, ``ingest``.
+    """
+    from pipeline.classifier import load_classifier
+    from pipeline.labels import ClassMap
+    from train import data as data_mod
+
+    clf = load_classifier(model_dir, runtime=runtime)
+    class_map = ClassMap.from_metadata(clf.metadata["classes"])
+    clips, stats = data_mod.load_clips(data, short=short, num_labels=params.AUDIOSET_NUM_LABELS)
+    if split != "all":
+        tr, va = data_mod.grouped_split(clips.video_id, val_fraction)
+        clips = clips.subset(va if split == "val" else tr)
+    y = clips.targets(class_map)
+    scores = np.concatenate([clf.predict(clips.x[i : i + 4096]) for i in range(0, max(len(clips), 1), 4096)]) if len(clips) else np.zeros((0, len(clf.classes)), np.float32)
+    result = compute_metrics(y, scores, clf.thresholds, clf.classes) if len(clips) else {"counts": {"clips": 0}}
+    result.update(
+        {
+            "model": f"{clf.name}@{clf.version}",
+            "bundle": str(clf.path),
+            "runtime": clf.runtime,
+            "data": [os.fspath(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)],
+            "split": split if split == "all" else f"grouped {split} ({val_fraction:.0%} by video_id)",
+            "ingest": stats.as_dict(),
+        }
+    )
+    return result
