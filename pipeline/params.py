@@ -71,3 +71,9 @@ EMBEDDING_SECONDS = EXAMPLE_HOP_SECONDS
 EMBEDDING_SCALE = 255.0
 """uint8 embeddings are divided by this before entering the classifier."""
 CLASS_NAMES = ("Speech", "Animal", "Music", "Vehicle")
+
+# --- Training ---------------------------------------------------------------------
+AUDIOSET_NUM_LABELS = 527
+"""Labels in the AudioSet release (``class_labels_indices.csv``)."""
+DEFAULT_THRESHOLD = 0.5
+"""Per-class decision threshold used when a bundle does not calibrate one."""
