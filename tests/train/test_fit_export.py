@@ -1,0 +1,151 @@
+"""fit -> run directory -> export -> bundle -> load_classifier / evaluate, on written tfrecords."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import classifier, params
+from train import data, fit as fit_mod
+from train.export import export_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small_run(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = fit_mod.FitConfig(data=[str(small_data["data"])], out=str(out), hidden=32, epochs=4, verbose=0)
+    return fit_mod.fit(cfg)
+
+
+@pytest.fixture(scope="module")
+def small_bundle(small_run, tmp_path_factory):
+    return export_run(small_run, tmp_path_factory.mktemp("bundle") / "b", name="test-model", version="7")
+
+
+def test_run_directory(small_run):
+    for name in ("config.json", "history.json", "metrics.json", "model.keras", "seconds.keras", "val_scores.npz"):
+        assert (small_run / name).is_file(), name
+    for png in ("learning_curves.png", "pr_curves.png", "confusion.png"):
+        assert (small_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    info = json.loads((small_run / "metrics.json").read_text())
+    assert info["data"]["videos_on_both_sides"] == 0
+    assert info["metrics"]["mAP"] > 0.9  # the fixture's classes are easy to learn
+    hist = json.loads((small_run / "history.json").read_text())
+    assert len(hist["val_map"]) == 4 and len(hist["loss"]) == 4
+
+
+def test_bundle_runtimes_agree(small_bundle, small_data):
+    meta = json.loads((small_bundle / "metadata.json").read_text())
+    for key in ("name", "version", "classes", "input", "thresholds", "metrics", "training", "created"):
+        assert key in meta, key
+    assert meta["input"] == {"frames": 10, "dims": 128, "dtype": "uint8", "scaling": "x / 255"}
+    assert [c["name"] for c in meta["classes"]] == list(params.CLASS_NAMES)
+    assert meta["classes"][0] == {"name": "Speech", "mid": "/m/09x0r", "label_indices": [0, 1]}
+    assert "split" in meta["metrics"] and meta["training"]["model"] == "attention_mil"
+    clips, _ = data.load_clips(small_data["data"], num_labels=10)
+    lite = classifier.load_classifier(small_bundle, runtime="litert")
+    ker = classifier.load_classifier(small_bundle, runtime="keras")
+    assert lite.classes == ker.classes == params.CLASS_NAMES
+    assert lite.name == "test-model" and lite.version == "7" and lite.thresholds == meta["thresholds"]
+    a, b = lite.predict(clips.x), ker.predict(clips.x)
+    assert a.shape == (len(clips), 4) and a.dtype == np.float32
+    assert np.max(np.abs(a - b)) < 1e-4
+    assert np.all((a >= 0) & (a <= 1))
+    s1, s2 = lite.predict_seconds(clips.x[:20]), ker.predict_seconds(clips.x[:20])
+    assert s1.shape == (20, 10, 4) and np.max(np.abs(s1 - s2)) < 1e-4
+    assert lite.predict(clips.x[0]).shape == (1, 4)
+    with pytest.raises(ValueError, match=r"\[B, 10, 128\]"):
+        lite.predict(np.zeros((2, 9, 128), np.uint8))
+
+
+def test_evaluate_cli_prints_one_json_object(small_bundle, small_data):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "evaluate", "--model", str(small_bundle), "--data", str(small_data["data"])],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)  # exactly one JSON document
+    assert proc.stdout.count("\n") == 1
+    assert result["counts"]["clips"] == 600
+    assert set(result["per_class"]) == set(params.CLASS_NAMES)
+    for key in ("mAP", "top1_accuracy", "binary_accuracy", "macro_f1"):
+        assert 0.0 <= result[key] <= 1.0, key
+    pc = result["per_class"]["Music"]
+    assert {"ap", "roc_auc", "precision", "recall", "f1", "threshold"} <= set(pc)
+    assert result["mAP"] > 0.9
+
+
+def test_bad_bundles_say_what_is_wrong(tmp_path, small_bundle):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "none")):
+        classifier.load_classifier(tmp_path / "none")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.json").write_text("{oops")
+    with pytest.raises(ValueError, match="not valid JSON.*audiocap-train"):
+        classifier.load_classifier(broken)
+    (broken / "metadata.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(classifier.BundleError, match="lacks"):
+        classifier.load_classifier(broken)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "metadata.json").write_text((small_bundle / "metadata.json").read_text())
+    with pytest.raises(FileNotFoundError, match="model.tflite"):
+        classifier.load_classifier(partial, runtime="litert")
+    (partial / "model.tflite").write_bytes(b"not a flatbuffer")
+    with pytest.raises(ValueError, match="model.tflite"):
+        classifier.load_classifier(partial, runtime="litert")
+    with pytest.raises(ValueError, match="runtime"):
+        classifier.load_classifier(small_bundle, runtime="onnx")
+
+
+def test_export_refuses_a_non_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a fit run directory"):
+        export_run(tmp_path, tmp_path / "out")
+
+
+def test_paper_protocol_leaks_and_grouped_does_not(small_data, tmp_path):
+    clips, stats = data.load_clips(small_data["data"], num_labels=10)
+    common = dict(data=[str(small_data["data"])], model="paper_cnn", positives_only=True, oversample="permute",
+                  epochs=1, verbose=0, loss="categorical")
+    leaky = fit_mod.fit(fit_mod.FitConfig(out=str(tmp_path / "leaky"), split="random", **common), clips, stats)
+    clean = fit_mod.fit(fit_mod.FitConfig(out=str(tmp_path / "clean"), split="grouped", **common), clips, stats)
+    assert json.loads((leaky / "metrics.json").read_text())["data"]["videos_on_both_sides"] > 0
+    assert json.loads((clean / "metrics.json").read_text())["data"]["videos_on_both_sides"] == 0
+    with pytest.raises(ValueError, match="positives-only"):
+        fit_mod.FitConfig(data=["x"], out="y", model="paper_cnn", loss="sparse").validate()
+
+
+def test_shipped_bundle_runs_without_tensorflow():
+    code = (
+        "import sys, numpy as np\n"
+        "from pipeline.classifier import load_classifier\n"
+        "c = load_classifier(runtime='litert')\n"
+        "x = np.random.default_rng(0).integers(0, 256, (3, 10, 128), dtype=np.uint8)\n"
+        "p = c.predict(x); s = c.predict_seconds(x)\n"
+        "assert p.shape == (3, 4) and s.shape == (3, 10, 4), (p.shape, s.shape)\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+        "print(c.name, c.version, c.classes)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Speech" in proc.stdout
+    default = classifier.load_classifier()
+    assert default.classes == params.CLASS_NAMES and default.path.parent == classifier.MODELS_DIR
+
+
+def test_shipped_bundle_metrics_reproduce_on_the_validation_split(bal_train_dir):
+    from train.evaluate import evaluate_bundle
+
+    meta = classifier.load_classifier().metadata
+    result = evaluate_bundle(None, bal_train_dir, runtime="litert", split="val")
+    assert result["counts"]["clips"] == meta["metrics"]["counts"]["clips"]
+    assert result["mAP"] == pytest.approx(meta["metrics"]["mAP"], abs=1e-4)
+    assert result["top1_accuracy"] == pytest.approx(meta["metrics"]["top1_accuracy"], abs=1e-3)
