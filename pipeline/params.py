@@ -77,3 +77,38 @@ AUDIOSET_NUM_LABELS = 527
 """Labels in the AudioSet release (``class_labels_indices.csv``)."""
 DEFAULT_THRESHOLD = 0.5
 """Per-class decision threshold used when a bundle does not calibrate one."""
+
+# --- Daemon ---------------------------------------------------------------------
+WINDOW_MIN_EMBEDDINGS = 1
+"""The daemon scores a partial window as soon as it holds this many embeddings
+(the available embeddings are tiled to fill the window, see pipeline/window.py)."""
+EVENT_MIN_DURATION_SECONDS = 1.0
+"""An event is published only once its class stayed above the off threshold this long."""
+EVENT_HOLD_SECONDS = 2.0
+"""An event ends only after its class stayed below the off threshold this long."""
+EVENT_OFF_RATIO = 0.8
+"""Default off threshold = on threshold x this ratio (hysteresis)."""
+MIC_BLOCK_SECONDS = 0.1
+"""Audio delivered per sounddevice callback."""
+MIC_QUEUE_SECONDS = 10.0
+"""Audio the callback queue holds before blocks are dropped (and counted)."""
+MIC_RETRY_MIN_SECONDS = 1.0
+MIC_RETRY_MAX_SECONDS = 30.0
+"""Back-off bounds for re-opening a failed or vanished input device."""
+FILE_BLOCK_SECONDS = 0.1
+"""Block length the file source reads (and, at real-time pace, sleeps)."""
+MQTT_PORT = 1883
+MQTT_TLS_PORT = 8883
+MQTT_KEEPALIVE_SECONDS = 30
+MQTT_RECONNECT_MIN_SECONDS = 1
+MQTT_RECONNECT_MAX_SECONDS = 30
+MQTT_QUEUE_MESSAGES = 10000
+"""QoS 1 messages (captions, states) kept while the broker is unreachable."""
+DRAIN_TIMEOUT_SECONDS = 10.0
+"""At the end of a file/replay run, how long to wait for the broker to take what is queued."""
+SHUTDOWN_SECONDS = 2.0
+"""SIGTERM/SIGINT: the daemon is gone within this time."""
+METRICS_INTERVAL_SECONDS = 30.0
+"""Health/metrics message period."""
+METRICS_HISTORY = 600
+"""Per-second processing-time and latency samples kept for percentiles."""

@@ -1,0 +1,195 @@
+"""``audiocapd``: the command line of the captioning daemon.
+
+Exit codes (sysexits): 0 clean stop; 2 bad command line; 66 input file or
+replay folder missing; 69 audio device not found, PortAudio missing or TF-Hub
+unreachable (may come back: systemd retries); 73 an output file cannot be
+created; 78 bad configuration, or a model/PCA/classifier path that is wrong;
+1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+_LOGGER = logging.getLogger("audiocapd")
+
+EX_CANTCREAT = 73
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("audiocap")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (flags override the TOML file)."""
+    p = argparse.ArgumentParser(
+        prog="audiocapd",
+        description="Live audio captions: microphone/file/replay -> VGGish -> classifier -> MQTT/stdout/subtitles.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML configuration (default /etc/audiocap/audiocap.toml if present)")
+    p.add_argument("--source", metavar="SPEC", help="mic, mic:DEVICE, file:PATH or replay:DIR")
+    p.add_argument("--sink", metavar="SPEC", action="append",
+                   help="mqtt, stdout, vtt:OUT.vtt or srt:OUT.srt (repeat for several)")
+    p.add_argument("--node", help="node name in topics and payloads")
+    p.add_argument("--mqtt-host", metavar="H")
+    p.add_argument("--mqtt-port", metavar="P", type=int)
+    p.add_argument("--mqtt-user", metavar="U", help="user name (password: $AUDIOCAP_MQTT_PASSWORD or password_file)")
+    p.add_argument("--pace", choices=("realtime", "fast"), help="file/replay pace")
+    p.add_argument("--exit-at-end", action="store_true", default=None,
+                   help="exit when a file/replay source ends, after delivering everything")
+    p.add_argument("--vggish", metavar="SOURCE", help="TF-Hub handle, SavedModel dir, TF1 checkpoint or .tflite")
+    p.add_argument("--pca", metavar="FILE", help="vggish_pca_params.npz")
+    p.add_argument("--classifier", metavar="DIR", help="classifier bundle directory (default: bundled)")
+    p.add_argument("--runtime", choices=("tensorflow", "litert"))
+    p.add_argument("--device", metavar="DEV", help="input device for --source mic (name substring or index)")
+    p.add_argument("--debug", action="store_true", help="debug logging")
+    p.add_argument("--check-config", action="store_true", help="validate, print the effective configuration, exit")
+    p.add_argument("--list-devices", action="store_true", help="print the audio input devices and exit")
+    p.add_argument("--version", action="version", version=f"audiocapd {_version()}")
+    return p
+
+
+_FLAG_KEYS = {
+    "source": ("daemon", "source", "--source"),
+    "sink": ("daemon", "sinks", "--sink"),
+    "node": ("daemon", "node", "--node"),
+    "pace": ("daemon", "pace", "--pace"),
+    "exit_at_end": ("daemon", "exit_at_end", "--exit-at-end"),
+    "mqtt_host": ("mqtt", "host", "--mqtt-host"),
+    "mqtt_port": ("mqtt", "port", "--mqtt-port"),
+    "mqtt_user": ("mqtt", "username", "--mqtt-user"),
+    "vggish": ("model", "vggish", "--vggish"),
+    "pca": ("model", "pca", "--pca"),
+    "classifier": ("model", "classifier", "--classifier"),
+    "runtime": ("model", "runtime", "--runtime"),
+    "device": ("mic", "device", "--device"),
+}
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[tuple[str, str], tuple[Any, str]]:
+    """Flags given on the command line as config overrides."""
+    out: dict[tuple[str, str], tuple[Any, str]] = {}
+    for attr, (section, key, flag) in _FLAG_KEYS.items():
+        value = getattr(args, attr)
+        if value is not None:
+            out[(section, key)] = (value, flag)
+    if args.debug:
+        out[("daemon", "log_level")] = ("debug", "--debug")
+    return out
+
+
+def _setup_logging(level: str) -> None:
+    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    # journald stamps every line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr, force=True)
+
+
+def _fail(message: str, code: int) -> int:
+    # One line, whatever the logging configuration: this is what a user reads.
+    print(f"audiocapd: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the daemon; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _setup_logging("debug" if args.debug else "info")
+
+    from daemon import sources
+
+    if args.list_devices:
+        try:
+            print(sources.format_devices(sources.input_devices()))
+        except sources.SourceError as exc:
+            return _fail(str(exc), exc.exit_code)
+        return 0
+
+    from daemon.config import EX_CONFIG, ConfigError, describe, load_config, to_toml
+
+    try:
+        config = load_config(args.config, overrides_from_args(args))
+    except ConfigError as exc:
+        return _fail(str(exc), EX_CONFIG)
+    _setup_logging(config.daemon.log_level)
+    if args.check_config:
+        print(to_toml(config))
+        return 0
+
+    source = sources.make_source(config)
+    try:
+        source.open()
+    except sources.SourceError as exc:
+        return _fail(str(exc), exc.exit_code)
+
+    from daemon.sinks import SinkContext, SubtitleSink, make_sinks
+
+    from daemon.config import parse_sink
+
+    for spec in config.daemon.sinks:
+        kind, path = parse_sink(spec)
+        if kind in ("vtt", "srt"):
+            try:
+                SubtitleSink(path, kind).start()
+            except OSError as exc:
+                return _fail(f"cannot write subtitles to {path}: {exc.strerror or exc}", EX_CANTCREAT)
+
+    from daemon.models import ModelError, build_models
+
+    try:
+        models = build_models(config.model, need_embedder=source.kind == "audio")
+    except ModelError as exc:
+        return _fail(str(exc), exc.exit_code)
+
+    from daemon.chain import CaptionChain
+    from pipeline.events import EventTracker
+
+    ev = config.events
+    bundle_thresholds = dict(getattr(models.classifier, "thresholds", {}) or {})
+    on = {c: float(ev.thresholds.get(c, bundle_thresholds.get(c, 0.5))) for c in models.classes}
+    off = {c: float(ev.off_thresholds.get(c, on[c] * ev.off_ratio)) for c in models.classes}
+    try:
+        tracker = EventTracker(models.classes, on, off, ev.captions, ev.min_duration_s, ev.hold_s)
+    except ValueError as exc:
+        where = config.path or "the configuration"
+        return _fail(f"{where}: [events] {exc}", EX_CONFIG)
+    make_embedder = models.make_embedder if source.kind == "audio" else None
+    chain = CaptionChain(models.classifier, tracker, make_embedder)
+    ctx = SinkContext(
+        node=config.daemon.node,
+        source=source.name,
+        model=models.model_id,
+        classes=models.classes,
+        captions=tracker.caption_texts(),
+    )
+    sinks = make_sinks(config, ctx)
+
+    from daemon.service import Service
+
+    thresholds = ", ".join(f"{c} {a:.2f}/{b:.2f}" for c, (a, b) in tracker.thresholds().items())
+    service = Service(config, source, chain, sinks,
+                      description=f"{describe(config)} model={models.model_id} thresholds(on/off)={thresholds}")
+    return service.run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``audiocapd``)."""
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the service installed its handler
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

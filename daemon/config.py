@@ -1,0 +1,446 @@
+"""The daemon's configuration: TOML file -> environment (secrets) -> flags -> frozen dataclasses.
+
+Parsed once at start-up and validated completely: an unknown key, a wrong type
+or an out-of-range value is refused with one line naming the key and where it
+came from (the file, or the flag), and the daemon exits with EX_CONFIG (78).
+
+Secrets never come from the command line: the MQTT password is read from
+``$AUDIOCAP_MQTT_PASSWORD``, else from ``[mqtt] password_file``, else from a
+systemd credential ``$CREDENTIALS_DIRECTORY/mqtt_password``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline import params
+
+DEFAULT_CONFIG_PATH = Path("/etc/audiocap/audiocap.toml")
+"""Read when it exists and no ``--config`` is given."""
+PASSWORD_ENV = "AUDIOCAP_MQTT_PASSWORD"
+CREDENTIAL_NAME = "mqtt_password"
+EX_CONFIG = 78
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is one line naming the key and its origin."""
+
+
+def _f(default: Any = dataclasses.MISSING, doc: str = "", *, lo: float | None = None,
+       hi: float | None = None, choices: tuple[str, ...] | None = None, factory: Any = None,
+       secret: bool = False) -> Any:
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "secret": secret, "table": factory is dict}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+def _default_node() -> str:
+    return sanitize_node(socket.gethostname().split(".")[0] or "audiocap")
+
+
+def sanitize_node(name: str) -> str:
+    """Makes ``name`` safe as one MQTT topic level and HA object id."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_") or "audiocap"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """``[daemon]``: what to listen to, where captions go, how the service behaves."""
+
+    node: str = _f(factory=_default_node, doc="Node name in topics and payloads (default: host name).")
+    source: str = _f("mic", "Audio source: mic, mic:DEVICE, file:PATH or replay:DIR.")
+    sinks: tuple[str, ...] = _f(("mqtt",), "Where captions go: mqtt, stdout, vtt:PATH, srt:PATH.")
+    pace: str = _f("realtime", "File/replay pace: realtime, or fast (as fast as the CPU allows).",
+                   choices=("realtime", "fast"))
+    exit_at_end: bool = _f(False, "Exit when a file or replay source ends (after delivering everything).")
+    log_level: str = _f("info", "Logging level.", choices=("debug", "info", "warning", "error"))
+    drain_timeout_s: float = _f(params.DRAIN_TIMEOUT_SECONDS,
+                                "At the end of a run, how long to wait for the broker to take queued captions.",
+                                lo=0, hi=3600)
+    metrics_interval_s: float = _f(params.METRICS_INTERVAL_SECONDS, "Period of the metrics message.",
+                                   lo=1, hi=86400)
+
+
+@dataclass(frozen=True)
+class MicConfig:
+    """``[mic]``: the capture device."""
+
+    device: str = _f("", "Input device name (substring) or index; empty = the system default.")
+    channels: int = _f(0, "Channels to capture; 0 = the device's, at most 2 (they are averaged).", lo=0, hi=64)
+    sample_rate: int = _f(0, "Capture rate in Hz; 0 = the device's native rate.", lo=0, hi=384000)
+    block_s: float = _f(params.MIC_BLOCK_SECONDS, "Audio per callback, seconds.", lo=0.01, hi=1.0)
+    queue_s: float = _f(params.MIC_QUEUE_SECONDS, "Audio buffered between callback and worker, seconds.",
+                        lo=0.5, hi=600)
+    retry_min_s: float = _f(params.MIC_RETRY_MIN_SECONDS, "First back-off after a device error.", lo=0.1, hi=600)
+    retry_max_s: float = _f(params.MIC_RETRY_MAX_SECONDS, "Longest back-off after device errors.", lo=0.1, hi=3600)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: the networks."""
+
+    vggish: str = _f(params.DEFAULT_VGGISH_HANDLE,
+                     "VGGish weights: TF-Hub handle/URL, SavedModel dir, TF1 checkpoint, or .tflite (litert).")
+    pca: str = _f("/var/lib/audiocap/vggish_pca_params.npz", "The VGGish release's vggish_pca_params.npz.")
+    classifier: str = _f("", "Classifier bundle directory; empty = the one shipped with audiocap.")
+    runtime: str = _f("tensorflow", "Inference runtime.", choices=("tensorflow", "litert"))
+    num_threads: int = _f(1, "Inference threads.", lo=1, hi=64)
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """``[events]``: when a caption starts and ends."""
+
+    min_duration_s: float = _f(params.EVENT_MIN_DURATION_SECONDS, "Seconds above threshold before a caption starts.",
+                               lo=0, hi=600)
+    hold_s: float = _f(params.EVENT_HOLD_SECONDS, "Seconds below the off threshold before a caption ends.",
+                       lo=0, hi=600)
+    off_ratio: float = _f(params.EVENT_OFF_RATIO, "Off threshold = on threshold x this, unless set per class.",
+                          lo=0, hi=1)
+    thresholds: dict[str, float] = _f(factory=dict, doc="Per-class on thresholds; default: the model bundle's.",
+                                      lo=0, hi=1)
+    off_thresholds: dict[str, float] = _f(factory=dict, doc="Per-class off thresholds.", lo=0, hi=1)
+    captions: dict[str, str] = _f(factory=dict, doc="Per-class caption text, e.g. Music = \"[Music]\".")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """``[mqtt]``: the broker."""
+
+    host: str = _f("localhost", "Broker host.")
+    port: int = _f(0, "Broker port; 0 = 1883, or 8883 with TLS.", lo=0, hi=65535)
+    prefix: str = _f("audiocap", "First topic level.")
+    client_id: str = _f("", "MQTT client id; empty = audiocap-<node>.")
+    keepalive_s: int = _f(params.MQTT_KEEPALIVE_SECONDS, "Keep-alive, seconds.", lo=5, hi=3600)
+    username: str = _f("", "User name; the password comes from $AUDIOCAP_MQTT_PASSWORD or password_file.")
+    password_file: str = _f("", "File holding the broker password (first line).")
+    tls: bool = _f(False, "Connect with TLS.")
+    ca_file: str = _f("", "CA certificate (PEM) for TLS; empty = the system's.")
+    cert_file: str = _f("", "Client certificate (PEM) for TLS client authentication.")
+    key_file: str = _f("", "Client key (PEM) for TLS client authentication.")
+    tls_insecure: bool = _f(False, "Skip the broker host-name check (testing only).")
+    queue_size: int = _f(params.MQTT_QUEUE_MESSAGES, "Captions/states kept while the broker is unreachable.",
+                         lo=1, hi=10_000_000)
+    reconnect_min_s: int = _f(params.MQTT_RECONNECT_MIN_SECONDS, "First reconnect delay.", lo=1, hi=3600)
+    reconnect_max_s: int = _f(params.MQTT_RECONNECT_MAX_SECONDS, "Longest reconnect delay.", lo=1, hi=3600)
+    scores: bool = _f(True, "Publish the per-window scores.")
+    discovery: bool = _f(True, "Publish Home Assistant discovery.")
+    discovery_prefix: str = _f("homeassistant", "Home Assistant discovery prefix.")
+    password: str = _f("", "(from the environment or password_file only)", secret=True)
+
+    @property
+    def effective_port(self) -> int:
+        """The port to connect to."""
+        return self.port or (params.MQTT_TLS_PORT if self.tls else params.MQTT_PORT)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    mic: MicConfig = field(default_factory=MicConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    path: str = ""
+    """The file read, or empty when none was."""
+
+
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "mic": MicConfig,
+    "model": ModelConfig,
+    "events": EventsConfig,
+    "mqtt": MqttConfig,
+}
+
+
+# --- Source and sink specifications --------------------------------------------
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed ``--source``: kind ``mic``/``file``/``replay`` and its argument."""
+
+    kind: str
+    arg: str
+
+    def __str__(self) -> str:
+        if self.kind == "mic":
+            return f"mic:{self.arg or 'default'}"
+        return f"{self.kind}:{self.arg}"
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """``mic``, ``mic:DEVICE``, ``file:PATH``, ``replay:DIR`` -> :class:`SourceSpec`.
+
+    Raises:
+      ValueError: for anything else.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "mic":
+        return SourceSpec("mic", "" if arg == "default" else arg)
+    if kind in ("file", "replay") and arg:
+        return SourceSpec(kind, arg)
+    raise ValueError(f"expected mic, mic:DEVICE, file:PATH or replay:DIR, got {spec!r}")
+
+
+def parse_sink(spec: str) -> tuple[str, str]:
+    """``mqtt``, ``stdout``, ``vtt:PATH``, ``srt:PATH`` -> ``(kind, path)``.
+
+    Raises:
+      ValueError: for anything else.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind in ("mqtt", "stdout") and not arg:
+        return kind, ""
+    if kind in ("vtt", "srt") and arg:
+        return kind, arg
+    raise ValueError(f"expected mqtt, stdout, vtt:PATH or srt:PATH, got {spec!r}")
+
+
+# --- Validation ------------------------------------------------------------------
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check_range(value: float, meta: Mapping[str, Any], where: str) -> None:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}: {value!r} is out of range ({lo} to {hi})")
+
+
+def _coerce(default: Any, value: Any, meta: Mapping[str, Any], where: str) -> Any:
+    """Checks ``value`` against the type of ``default`` and the field's limits."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_type_name(value)} ({value!r})")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)} ({value!r})")
+        _check_range(value, meta, where)
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {_type_name(value)} ({value!r})")
+        if value != value:  # NaN
+            raise ConfigError(f"{where}: expected a number, got nan")
+        _check_range(value, meta, where)
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_type_name(value)} ({value!r})")
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {_type_name(value)} ({value!r})")
+        return tuple(value)
+    raise TypeError(f"unsupported config field type at {where}")  # programming error
+
+
+def _coerce_table(name: str, value: Any, meta: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of class = value, got {_type_name(value)}")
+    out: dict[str, Any] = {}
+    for cls, v in value.items():
+        if cls not in params.CLASS_NAMES:
+            raise ConfigError(
+                f"{where}.{cls}: unknown class (expected one of {', '.join(params.CLASS_NAMES)})"
+            )
+        if name == "captions":
+            if not isinstance(v, str) or not v.strip():
+                raise ConfigError(f"{where}.{cls}: expected a non-empty string, got {v!r}")
+            out[cls] = v
+        else:
+            out[cls] = _coerce(0.0, v, meta, f"{where}.{cls}")
+    return out
+
+
+def _build_section(cls: type, raw: Mapping[str, Any], origins: Mapping[str, str], section: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{origins.get(key, '?')}: [{section}] {key}"
+        f = fields.get(key)
+        if f is None or f.metadata.get("secret"):
+            hint = " (set the password with $AUDIOCAP_MQTT_PASSWORD or password_file)" if key == "password" else ""
+            known = ", ".join(n for n, ff in fields.items() if not ff.metadata.get("secret"))
+            raise ConfigError(f"{where}: unknown key{hint}; known keys: {known}")
+        if f.metadata.get("table"):
+            kwargs[key] = _coerce_table(key, value, f.metadata, where)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            kwargs[key] = _coerce(default, value, f.metadata, where)
+    return cls(**kwargs)
+
+
+def _read_password(mqtt: Mapping[str, Any], origin: str) -> str:
+    env = os.environ.get(PASSWORD_ENV)
+    if env:
+        return env
+    pw_file = mqtt.get("password_file") or ""
+    if pw_file:
+        try:
+            return Path(pw_file).read_text(encoding="utf-8").splitlines()[0] if Path(pw_file).stat().st_size else ""
+        except OSError as exc:
+            raise ConfigError(
+                f"{origin}: [mqtt] password_file: cannot read {pw_file}: {exc.strerror or exc}"
+            ) from None
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).is_file():
+        return (Path(cred_dir) / CREDENTIAL_NAME).read_text(encoding="utf-8").splitlines()[0]
+    return ""
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[tuple[str, str], tuple[Any, str]] | None = None,
+) -> Config:
+    """Reads, merges and validates the configuration.
+
+    Args:
+      path: a TOML file; ``None`` reads :data:`DEFAULT_CONFIG_PATH` if it exists.
+      overrides: ``{(section, key): (value, origin)}`` from command-line flags;
+        ``origin`` (e.g. ``"--mqtt-port"``) names the flag in errors.
+
+    Returns:
+      The frozen :class:`Config`.
+
+    Raises:
+      ConfigError: one line naming the key and the file or flag.
+    """
+    raw: dict[str, Any] = {}
+    file_label = ""
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        file_label = os.fspath(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{file_label}: cannot read the configuration file: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file_label}: invalid TOML: {exc}") from None
+    for section, value in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{file_label}: unknown table [{section}]; known tables: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file_label}: {section} must be a table ([{section}])")
+    merged: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in SECTIONS}
+    origins: dict[str, dict[str, str]] = {s: {k: file_label for k in merged[s]} for s in SECTIONS}
+    for (section, key), (value, origin) in (overrides or {}).items():
+        merged[section][key] = value
+        origins[section][key] = origin
+    if "password" in merged["mqtt"]:
+        _build_section(MqttConfig, {"password": ""}, origins["mqtt"], "mqtt")  # raises, naming it
+    built = {s: _build_section(cls, merged[s], origins[s], s) for s, cls in SECTIONS.items()}
+    daemon: DaemonConfig = built["daemon"]
+    where = origins["daemon"]
+    try:
+        parse_source(daemon.source)
+    except ValueError as exc:
+        raise ConfigError(f"{where.get('source', '?')}: [daemon] source: {exc}") from None
+    if not daemon.sinks:
+        raise ConfigError(f"{where.get('sinks', '?')}: [daemon] sinks: at least one sink is needed")
+    for spec in daemon.sinks:
+        try:
+            parse_sink(spec)
+        except ValueError as exc:
+            raise ConfigError(f"{where.get('sinks', '?')}: [daemon] sinks: {exc}") from None
+    if sanitize_node(daemon.node) != daemon.node:
+        raise ConfigError(
+            f"{where.get('node', '?')}: [daemon] node: {daemon.node!r} may only hold letters, digits, _ and -"
+        )
+    mic: MicConfig = built["mic"]
+    if mic.retry_max_s < mic.retry_min_s:
+        raise ConfigError(f"{origins['mic'].get('retry_max_s', '?')}: [mic] retry_max_s is below retry_min_s")
+    mqtt: MqttConfig = built["mqtt"]
+    mo = origins["mqtt"]
+    for key in ("prefix", "discovery_prefix"):
+        value = getattr(mqtt, key)
+        if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
+            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: {value!r} is not a valid topic prefix")
+    if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
+        raise ConfigError(f"{mo.get('reconnect_max_s', '?')}: [mqtt] reconnect_max_s is below reconnect_min_s")
+    if bool(mqtt.cert_file) != bool(mqtt.key_file):
+        raise ConfigError(f"{mo.get('cert_file', mo.get('key_file', '?'))}: [mqtt] cert_file and key_file go together")
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(mqtt, key)
+        if value and not os.path.isfile(value):
+            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: no such file {value}")
+    password = _read_password(merged["mqtt"], mo.get("password_file", file_label))
+    mqtt = dataclasses.replace(mqtt, password=password)
+    ev: EventsConfig = built["events"]
+    for cls, off in ev.off_thresholds.items():
+        on = ev.thresholds.get(cls)
+        if on is not None and off > on:
+            raise ConfigError(
+                f"{origins['events'].get('off_thresholds', '?')}: [events] off_thresholds.{cls} = {off} "
+                f"is above the on threshold {on}"
+            )
+    return Config(daemon=daemon, mic=mic, model=built["model"], events=ev, mqtt=mqtt, path=file_label)
+
+
+# --- Output ----------------------------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    raise TypeError(type(value).__name__)
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration as TOML, secrets masked (for ``--check-config``)."""
+    lines = []
+    if config.path:
+        lines.append(f"# read from {config.path}")
+    for section in SECTIONS:
+        obj = getattr(config, section)
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("secret"):
+                lines.append(f"# {f.name} = {'(set, masked)' if value else '(not set)'}")
+                continue
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe(config: Config) -> str:
+    """One line with the effective configuration for the start-up log (no secrets)."""
+    m = config.mqtt
+    return (
+        f"node={config.daemon.node} source={config.daemon.source} sinks={','.join(config.daemon.sinks)} "
+        f"pace={config.daemon.pace} vggish={config.model.vggish} pca={config.model.pca} "
+        f"classifier={config.model.classifier or '(bundled)'} runtime={config.model.runtime} "
+        f"mqtt={m.host}:{m.effective_port} tls={m.tls} user={m.username or '-'} "
+        f"password={'***' if m.password else '-'}"
+    )

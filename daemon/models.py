@@ -1,0 +1,149 @@
+"""Builds every network the daemon runs, in one place.
+
+:func:`build_models` is the single factory for VGGish, the PCA stage and the
+classifier, on either runtime (``tensorflow``: Keras; ``litert``: ``.tflite``
+files through :class:`pipeline.tflite.TFLiteModel`, no TensorFlow import).
+Tests and benchmarks call it too, so what they measure is what the daemon runs.
+
+Cheap checks come first (PCA file, classifier folder) so that a wrong path is
+reported before TensorFlow spends seconds loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.config import ModelConfig
+from pipeline import params
+
+_LOGGER = logging.getLogger(__name__)
+
+EX_CONFIG = 78
+EX_UNAVAILABLE = 69
+
+
+class ModelError(RuntimeError):
+    """A model cannot be loaded; the message says which and how to fix it."""
+
+    def __init__(self, message: str, exit_code: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Models:
+    """The loaded networks.
+
+    Attributes:
+      classifier: has ``classes``, ``thresholds``, ``name``, ``version`` and
+        ``predict(uint8 [B, 10, 128]) -> float32 [B, 4]``.
+      model_id: ``name@version`` of the classifier (goes into payloads).
+      vggish: float32 ``[N, 96, 64]`` -> float32 ``[N, 128]``, or ``None`` when
+        only embeddings are processed (replay).
+      postprocessor: the PCA/quantisation stage, or ``None`` likewise.
+    """
+
+    classifier: Any
+    model_id: str
+    vggish: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None = None
+    postprocessor: Any = None
+    resample_filter: str = params.RESAMPLE_FILTER
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in score order."""
+        return tuple(self.classifier.classes)
+
+    def make_embedder(self, sample_rate: int) -> Any:
+        """A fresh :class:`pipeline.embedder.Embedder` for a stream at ``sample_rate``.
+
+        Raises:
+          ModelError: when the models were built without VGGish (replay only).
+        """
+        from pipeline.embedder import Embedder
+
+        if self.vggish is None or self.postprocessor is None:
+            raise ModelError("audio input needs VGGish and the PCA file, but they were not loaded")
+        return Embedder(self.vggish, self.postprocessor, sample_rate, self.resample_filter)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_vggish(cfg: ModelConfig) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    from pipeline.runtime import RuntimeError_, load_embedding_model
+    from pipeline.vggish import VGGishLoadError
+
+    src = cfg.vggish
+    remote = cfg.runtime == "tensorflow" and (
+        "://" in src or (not os.path.isabs(src) and src.count("/") >= 2 and not os.path.exists(src))
+    )
+    try:
+        return load_embedding_model(src, cfg.runtime, cfg.num_threads)
+    except RuntimeError_ as exc:
+        raise ModelError(f"[model] vggish: {_first_line(exc)}") from None
+    except VGGishLoadError as exc:
+        # An unreachable hub may come back: let systemd retry (EX_UNAVAILABLE);
+        # a wrong local path will not (EX_CONFIG).
+        raise ModelError(_first_line(exc), EX_UNAVAILABLE if remote else EX_CONFIG) from None
+
+
+_CLASSIFIER_RUNTIME = {"tensorflow": "keras", "litert": "litert"}
+"""Daemon runtime -> :func:`pipeline.classifier.load_classifier` runtime."""
+
+
+def _load_classifier(cfg: ModelConfig) -> Any:
+    try:
+        from pipeline.classifier import load_classifier
+    except ImportError as exc:
+        raise ModelError(f"the classifier package is not installed ({exc})", 1) from None
+    try:
+        return load_classifier(
+            cfg.classifier or None, runtime=_CLASSIFIER_RUNTIME[cfg.runtime], num_threads=cfg.num_threads
+        )
+    except Exception as exc:  # the loader's own errors name the file; keep them one line
+        where = cfg.classifier or "the bundled model"
+        raise ModelError(f"cannot load the classifier bundle {where}: {_first_line(exc)}") from None
+
+
+def build_models(cfg: ModelConfig, need_embedder: bool = True) -> Models:
+    """Loads the networks named by ``[model]``.
+
+    Args:
+      cfg: the ``[model]`` table.
+      need_embedder: load VGGish and the PCA file (not needed for replay).
+
+    Returns:
+      :class:`Models`.
+
+    Raises:
+      ModelError: one line naming what failed; ``exit_code`` 78 for a bad path
+        or file, 69 for an unreachable TF-Hub.
+    """
+    postprocessor = None
+    if need_embedder:
+        from pipeline.postprocess import PCAParamsError, Postprocessor
+
+        try:
+            postprocessor = Postprocessor(cfg.pca)
+        except PCAParamsError as exc:
+            raise ModelError(_first_line(exc)) from None
+    if cfg.classifier and not Path(cfg.classifier).is_dir():
+        raise ModelError(
+            f"classifier bundle not found: {cfg.classifier} is not a directory (expected metadata.json, "
+            "model.keras, model.tflite; leave [model] classifier empty for the bundled model)"
+        )
+    vggish = _load_vggish(cfg) if need_embedder else None
+    classifier = _load_classifier(cfg)
+    model_id = f"{getattr(classifier, 'name', 'classifier')}@{getattr(classifier, 'version', '0')}"
+    _LOGGER.info("classifier %s loaded (%s runtime), classes %s", model_id, cfg.runtime, ", ".join(classifier.classes))
+    return Models(classifier=classifier, model_id=model_id, vggish=vggish, postprocessor=postprocessor)

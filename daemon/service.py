@@ -1,0 +1,323 @@
+"""The running service: one worker thread, the main thread supervising, sinks delivering.
+
+Threads and their owners:
+
+* the **worker** (``audiocap-worker``) owns the source iterator, the models,
+  the window and the event tracker (:class:`daemon.chain.CaptionChain`), and
+  hands outputs to the sinks;
+* the **PortAudio callback** (mic only) only copies blocks into the source's
+  bounded queue;
+* **paho's network thread** owns the MQTT socket;
+* the **main thread** handles signals, the systemd notify protocol (READY,
+  STATUS, WATCHDOG), the metrics message, and the ordered shutdown.
+
+Stopping: SIGTERM/SIGINT set a ``threading.Event``; the source returns, the
+worker ends open events and returns, the sinks deliver what they can within
+the remaining time, ``offline`` is published and the process exits 0 within
+``SHUTDOWN_SECONDS``. With ``exit_at_end`` the end of a file or replay does the
+same, waiting up to ``drain_timeout_s`` for the broker.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from daemon.chain import CaptionChain, WindowScores
+from daemon.config import Config
+from daemon.sdnotify import Notifier
+from daemon.sources import AudioBlock, Block, Source
+from pipeline import captions, params
+from pipeline.events import CaptionEvent
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of ``values``, or ``None`` when empty."""
+    if len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def block_seconds(block: Block) -> float:
+    """Audio time a block covers."""
+    if isinstance(block, AudioBlock):
+        return block.samples.shape[0] / block.sample_rate
+    return block.embeddings.shape[0] * params.EMBEDDING_SECONDS
+
+
+class ChainTimer:
+    """Processing time of the chain per second of audio.
+
+    Blocks are grouped until they cover at least one second of audio; each
+    group gives one sample, milliseconds of processing per second of audio.
+    """
+
+    def __init__(self, history: int = params.METRICS_HISTORY) -> None:
+        self.samples: collections.deque[float] = collections.deque(maxlen=history)
+        self._audio = 0.0
+        self._proc = 0.0
+
+    def add(self, audio_s: float, proc_s: float) -> None:
+        """Accounts one block."""
+        self._audio += audio_s
+        self._proc += proc_s
+        if self._audio >= 1.0:
+            self.samples.append(1000.0 * self._proc / self._audio)
+            self._audio = self._proc = 0.0
+
+
+class Service:
+    """Runs a source through the chain into the sinks until stopped or ended.
+
+    Args:
+      config: the configuration.
+      source: an opened source (see :func:`daemon.sources.make_source`).
+      chain: the caption chain (models, window, tracker).
+      sinks: started by :meth:`run`, closed at the end.
+      notifier: systemd notify protocol (default: from the environment).
+      handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+      description: the effective configuration for the "ready" log line.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        source: Source,
+        chain: CaptionChain,
+        sinks: Sequence[Any],
+        notifier: Notifier | None = None,
+        handle_signals: bool = True,
+        description: str = "",
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.chain = chain
+        self.sinks = list(sinks)
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.handle_signals = handle_signals
+        self.description = description
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="audiocap-worker", daemon=True)
+        self._worker_done = threading.Event()
+        self._source_ended = False
+        self._error: BaseException | None = None
+        self._signal: str | None = None
+        self._busy_since: float | None = None
+        self._sink_failures: set[int] = set()
+        self.timer = ChainTimer()
+        self.started = time.monotonic()
+        self.counts = {"blocks": 0, "audio_s": 0.0, "events": 0, "windows": 0}
+
+    # --- worker thread ----------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            for block in self.source.blocks(self.stop_event):
+                self._busy_since = time.monotonic()
+                t = time.perf_counter()
+                self._dispatch(self.chain.feed(block))
+                audio_s = block_seconds(block)
+                self.timer.add(audio_s, time.perf_counter() - t)
+                self.counts["blocks"] += 1
+                self.counts["audio_s"] += audio_s
+                self._busy_since = None
+                if self.stop_event.is_set():
+                    break
+            else:
+                self._source_ended = not self.stop_event.is_set()
+            self._busy_since = time.monotonic()
+            # End of run or stop: the resampler's tail, then close open events.
+            self._dispatch(self.chain.end_stream(time.time()))
+        except Exception as exc:  # a failure in the models: exit non-zero, systemd restarts us
+            _LOGGER.exception("the caption worker failed: %s", exc)
+            self._error = exc
+        finally:
+            self._busy_since = None
+            self._worker_done.set()
+            self._wake.set()
+
+    def _dispatch(self, outputs: list[Any]) -> None:
+        for out in outputs:
+            if isinstance(out, WindowScores):
+                self.counts["windows"] += 1
+                for sink in self.sinks:
+                    self._call(sink, "on_scores", out.t_start, out.t_end, out.scores, out.origin)
+            elif isinstance(out, CaptionEvent):
+                self.counts["events"] += 1
+                _LOGGER.debug("%s %s %s (score %.2f)", out.type, out.caption, captions.iso_utc(
+                    out.start if out.type == "start" else (out.end or out.start)), out.score)
+                for sink in self.sinks:
+                    self._call(sink, "on_event", out)
+
+    def _call(self, sink: Any, method: str, *args: Any) -> None:
+        try:
+            getattr(sink, method)(*args)
+        except Exception:
+            # One log per sink: a broken sink must not stop captioning for the others.
+            if id(sink) not in self._sink_failures:
+                self._sink_failures.add(id(sink))
+                _LOGGER.exception("sink %s failed in %s", type(sink).__name__, method)
+
+    # --- main thread ----------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signal.Signals(signum).name
+        self.stop_event.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Asks the service to stop (as SIGTERM does)."""
+        self._signal = self._signal or "request"
+        self.stop_event.set()
+        self._wake.set()
+
+    def healthy(self) -> bool:
+        """False when the worker is stuck on one block for longer than the watchdog allows."""
+        busy = self._busy_since
+        limit = self.notifier.watchdog_s or 60.0
+        return busy is None or time.monotonic() - busy < limit * 0.75
+
+    def metrics(self) -> dict[str, Any]:
+        """The health/metrics message."""
+        proc = list(self.timer.samples)
+        out: dict[str, Any] = {
+            "t": captions.iso_utc(time.time()),
+            "node": self.config.daemon.node,
+            "source": self.source.name,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "blocks": self.counts["blocks"],
+            "audio_s": round(self.counts["audio_s"], 2),
+            "embeddings": self.chain.embeddings,
+            "windows": self.counts["windows"],
+            "events": self.counts["events"],
+            "proc_ms_per_s_p50": _round(percentile(proc, 50)),
+            "proc_ms_per_s_p95": _round(percentile(proc, 95)),
+        }
+        src = self.source.stats()
+        out["overflows"] = src.get("overflows", 0) + src.get("dropped_blocks", 0)
+        out["source_state"] = src.get("state", "ended" if self._source_ended else "running")
+        queue_depth = src.get("queue_depth", 0)
+        dropped = 0
+        latencies: list[float] = []
+        for sink in self.sinks:
+            st = sink.stats()
+            queue_depth += st.get("mqtt_queue", 0)
+            dropped += st.get("mqtt_dropped", 0)
+            if "mqtt_connected" in st:
+                out["mqtt_connected"] = st["mqtt_connected"]
+            if hasattr(sink, "latencies"):
+                latencies += sink.latencies()
+        out["queue_depth"] = queue_depth
+        out["dropped_captions"] = dropped
+        out["publish_latency_ms_p50"] = _round(_ms(percentile(latencies, 50)))
+        out["publish_latency_ms_p95"] = _round(_ms(percentile(latencies, 95)))
+        for key in ("clips", "corrupt"):
+            if key in src:
+                out[f"replay_{key}"] = src[key]
+        return out
+
+    def _status_line(self, m: dict[str, Any]) -> str:
+        mqtt = "" if "mqtt_connected" not in m else (" mqtt up" if m["mqtt_connected"] else " mqtt DOWN")
+        return (f"{m['source_state']} {m['source']}: {m['audio_s']:.0f} s audio, {m['events']} caption edges, "
+                f"p95 {m['proc_ms_per_s_p95'] or 0:.0f} ms/s{mqtt}, queue {m['queue_depth']}")
+
+    def run(self) -> int:
+        """Runs until stopped (signal, :meth:`request_stop`) or, with ``exit_at_end``, the source ends.
+
+        Returns:
+          The process exit code: 0 after a clean stop, 1 if the worker failed.
+        """
+        old_handlers = {}
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            for sink in self.sinks:
+                sink.start()
+            self._worker.start()
+            self.notifier.ready(f"capturing from {self.source.name}")
+            _LOGGER.info("ready: %s", self.description or self.source.name)
+            self._supervise()
+            return self._shutdown()
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+
+    def _supervise(self) -> None:
+        interval = self.config.daemon.metrics_interval_s
+        next_metrics = time.monotonic() + interval
+        wd = self.notifier.watchdog_s
+        next_wd = time.monotonic()
+        idle_logged = False
+        while True:
+            now = time.monotonic()
+            if wd and now >= next_wd:
+                if self.healthy():
+                    self.notifier.watchdog()
+                else:
+                    _LOGGER.error("the worker has been stuck for %.0f s; not feeding the watchdog",
+                                  now - (self._busy_since or now))
+                next_wd = now + wd / 2
+            if now >= next_metrics:
+                m = self.metrics()
+                _LOGGER.debug("metrics %s", m)
+                for sink in self.sinks:
+                    self._call(sink, "on_metrics", m)
+                self.notifier.status(self._status_line(m))
+                next_metrics = now + interval
+            if self.stop_event.is_set():
+                return
+            if self._worker_done.is_set():
+                if self._error is not None or self.config.daemon.exit_at_end or not self._source_ended:
+                    return
+                if not idle_logged:
+                    _LOGGER.info("%s ended; staying up until stopped (use --exit-at-end to exit)", self.source.name)
+                    self.notifier.status(f"{self.source.name} ended; idle")
+                    idle_logged = True
+            deadlines = [next_metrics]
+            if wd:
+                deadlines.append(next_wd)
+            self._wake.wait(max(0.01, min(deadlines) - time.monotonic()))
+            self._wake.clear()
+
+    def _shutdown(self) -> int:
+        t0 = time.monotonic()
+        signalled = self._signal is not None
+        reason = f"signal {self._signal}" if signalled else ("end of source" if self._source_ended else "error")
+        _LOGGER.info("stopping (%s)", reason)
+        self.notifier.stopping(f"stopping ({reason})")
+        self.stop_event.set()
+        budget = params.SHUTDOWN_SECONDS
+        self._worker.join(timeout=budget * 0.4 if signalled else None)
+        if self._worker.is_alive():
+            _LOGGER.warning("the worker did not stop within %.1f s; leaving it", budget * 0.4)
+        if signalled:
+            drain = max(0.05, budget - (time.monotonic() - t0) - 0.5)
+        else:
+            drain = self.config.daemon.drain_timeout_s
+        for sink in self.sinks:
+            self._call(sink, "drain", drain)
+        for sink in self.sinks:
+            self._call(sink, "close")
+        m = self.metrics()
+        _LOGGER.info("stopped after %.1f s of audio, %d caption edges, %d dropped, in %.2f s",
+                     m["audio_s"], m["events"], m["dropped_captions"], time.monotonic() - t0)
+        self.notifier.close()
+        return 1 if self._error is not None else 0
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)

@@ -1,0 +1,221 @@
+"""Window scores -> caption events: per-class hysteresis, minimum duration, hold.
+
+Each scored window ``i`` is reported at the time span of its newest embedding,
+``[t_i, t_i + 0.96 s)`` on the audio clock. Per class:
+
+* **idle -> pending** when the score reaches the *on* threshold; the candidate
+  event starts at ``t_i``.
+* **pending -> active** once the score stayed at or above the *off* threshold
+  for ``min_duration`` seconds (from the candidate start to the end of the
+  current embedding): a ``start`` event is emitted, with the candidate start as
+  its ``start``. If the score falls below *off* first, the candidate is dropped
+  silently (too short to caption).
+* **active**: a score below *off* starts the hold; the event ends when the score
+  stayed below *off* for ``hold`` seconds. Its ``end`` is the start of the first
+  low embedding. A score back at or above *off* during the hold cancels it.
+
+With the defaults (min duration 1 s, hold 2 s, embeddings every 0.96 s) a
+caption needs two consecutive windows to start and three quiet ones to end.
+Times are floats, seconds since the Unix epoch, UTC, from the audio clock.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import params
+
+DEFAULT_CAPTIONS: Mapping[str, str] = {
+    "Speech": "[Speech]",
+    "Animal": "[Animal sounds]",
+    "Music": "[Music]",
+    "Vehicle": "[Vehicle]",
+}
+"""Caption text per class, used when the configuration names none."""
+
+_EPS = 1e-6  # float slack when comparing durations built from 0.96 s steps
+
+
+@dataclass(frozen=True)
+class CaptionEvent:
+    """One edge of a caption: ``start`` when a sound begins, ``end`` when it stops.
+
+    Attributes:
+      event_id: shared by the ``start`` and ``end`` of the same event.
+      type: ``"start"`` or ``"end"``.
+      label: the class name, e.g. ``"Music"``.
+      caption: the human-readable text, e.g. ``"[Music]"``.
+      score: for ``start`` the highest score so far, for ``end`` the event's peak.
+      start: event start, UTC epoch seconds (audio clock).
+      end: event end for ``end`` events, else ``None``.
+      origin: wall-clock time the audio that produced this edge was available
+        (used to measure delivery latency; not part of the payload).
+    """
+
+    event_id: str
+    type: str
+    label: str
+    caption: str
+    score: float
+    start: float
+    end: float | None
+    origin: float = 0.0
+
+
+@dataclass
+class _ClassState:
+    on: float
+    off: float
+    caption: str
+    candidate: float | None = None  # start of a pending event
+    event_id: str | None = None  # set while active
+    start: float = 0.0
+    peak: float = 0.0
+    below_since: float | None = None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class EventTracker:
+    """Turns a stream of per-window class scores into caption events.
+
+    Args:
+      classes: class names in score order.
+      on_thresholds: class -> on threshold in [0, 1].
+      off_thresholds: class -> off threshold (``<= on``); a missing class gets
+        ``on * EVENT_OFF_RATIO``.
+      captions: class -> caption text; a missing class gets
+        :data:`DEFAULT_CAPTIONS` or ``[<class>]``.
+      min_duration: seconds above *off* before an event is published.
+      hold: seconds below *off* before an event ends.
+      new_id: makes event ids (default: random UUID4 hex).
+
+    Raises:
+      ValueError: for a threshold outside [0, 1], off above on, negative times,
+        or a class without an on threshold.
+    """
+
+    classes: Sequence[str]
+    on_thresholds: Mapping[str, float]
+    off_thresholds: Mapping[str, float] | None = None
+    captions: Mapping[str, str] | None = None
+    min_duration: float = params.EVENT_MIN_DURATION_SECONDS
+    hold: float = params.EVENT_HOLD_SECONDS
+    new_id: Callable[[], str] = _new_id
+    _states: dict[str, _ClassState] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.classes = tuple(self.classes)
+        if self.min_duration < 0 or self.hold < 0:
+            raise ValueError(
+                f"min_duration and hold must be >= 0 seconds; got {self.min_duration} and {self.hold}"
+            )
+        offs = dict(self.off_thresholds or {})
+        caps = dict(self.captions or {})
+        self._states = {}
+        for name in self.classes:
+            if name not in self.on_thresholds:
+                raise ValueError(f"no on threshold for class {name!r}")
+            on = float(self.on_thresholds[name])
+            off = float(offs.get(name, on * params.EVENT_OFF_RATIO))
+            if not (0.0 <= off <= on <= 1.0):
+                raise ValueError(
+                    f"class {name!r}: thresholds must satisfy 0 <= off <= on <= 1; got on={on}, off={off}"
+                )
+            caption = caps.get(name) or DEFAULT_CAPTIONS.get(name) or f"[{name}]"
+            self._states[name] = _ClassState(on=on, off=off, caption=caption)
+
+    @property
+    def active(self) -> dict[str, bool]:
+        """Class -> whether a published event is open (the ``state`` topic)."""
+        return {name: st.event_id is not None for name, st in self._states.items()}
+
+    def caption_texts(self) -> dict[str, str]:
+        """Class -> caption text in effect."""
+        return {name: st.caption for name, st in self._states.items()}
+
+    def thresholds(self) -> dict[str, tuple[float, float]]:
+        """Class -> ``(on, off)`` in effect."""
+        return {name: (st.on, st.off) for name, st in self._states.items()}
+
+    def update(
+        self,
+        t_start: float,
+        t_end: float,
+        scores: npt.ArrayLike,
+        origin: float = 0.0,
+    ) -> list[CaptionEvent]:
+        """Feeds the scores of one window.
+
+        Args:
+          t_start: start of the window's newest embedding (UTC epoch seconds).
+          t_end: its end (``t_start + 0.96``).
+          scores: float ``[len(classes)]`` in [0, 1].
+          origin: wall-clock time the audio behind this window was available.
+
+        Returns:
+          The events this window caused (possibly none), in class order.
+        """
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if s.shape[0] != len(self.classes):
+            raise ValueError(f"expected {len(self.classes)} scores; got {s.shape[0]}")
+        out: list[CaptionEvent] = []
+        for name, score in zip(self.classes, s):
+            score = 0.0 if math.isnan(score) else float(score)
+            st = self._states[name]
+            if st.event_id is None and st.candidate is None:
+                if score >= st.on:
+                    st.candidate, st.peak = t_start, score
+            elif st.event_id is None:
+                if score >= st.off:
+                    st.peak = max(st.peak, score)
+                else:
+                    st.candidate = None
+            if st.event_id is None and st.candidate is not None:
+                if t_end - st.candidate >= self.min_duration - _EPS:
+                    st.event_id, st.start, st.candidate, st.below_since = self.new_id(), st.candidate, None, None
+                    out.append(CaptionEvent(st.event_id, "start", name, st.caption, st.peak, st.start, None, origin))
+                continue
+            if st.event_id is not None:
+                if score >= st.off:
+                    st.below_since = None
+                    st.peak = max(st.peak, score)
+                else:
+                    if st.below_since is None:
+                        st.below_since = t_start
+                    if t_end - st.below_since >= self.hold - _EPS:
+                        out.append(self._close(name, st.below_since, origin))
+        return out
+
+    def finish(self, t: float, origin: float = 0.0) -> list[CaptionEvent]:
+        """Ends the stream: closes open events, drops pending candidates.
+
+        Args:
+          t: end of the last audio processed (UTC epoch seconds); an event in its
+            hold ends where the hold began instead.
+          origin: wall-clock time for latency accounting.
+
+        Returns:
+          The ``end`` events, in class order.
+        """
+        out = []
+        for name, st in self._states.items():
+            st.candidate = None
+            if st.event_id is not None:
+                out.append(self._close(name, st.below_since if st.below_since is not None else t, origin))
+        return out
+
+    def _close(self, name: str, end: float, origin: float) -> CaptionEvent:
+        st = self._states[name]
+        ev = CaptionEvent(st.event_id or "", "end", name, st.caption, st.peak, st.start, max(end, st.start), origin)
+        st.event_id, st.below_since, st.candidate, st.peak = None, None, None, 0.0
+        return ev
