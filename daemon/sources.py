@@ -387,10 +387,11 @@ class MicSource:
             self._overflows += 1
         adc, cur = t.inputBufferAdcTime, t.currentTime
         lag = cur - adc
-        if adc > 0 and cur > 0 and 0 <= lag < 1.0:
-            t0 = now - lag
-        else:  # host API without a usable ADC clock: the block just ended
-            t0 = now - frames / self.sample_rate
+        span = frames / self.sample_rate
+        if adc > 0 and cur > 0 and span <= lag < span + 1.0:
+            t0 = now - lag  # the ADC time of the first sample, on the wall clock
+        else:  # host API without a plausible ADC clock (e.g. ALSA's pulse plugin): the block just ended
+            t0 = now - span
         try:
             self._q.put_nowait((indata.copy(), t0, now))
         except queue.Full:
@@ -422,6 +423,7 @@ class MicSource:
         """Yields captured blocks forever (until ``stop``), re-opening on failure."""
         backoff = self.config.retry_min_s
         stall_s = max(2.0, 20 * self.config.block_s)
+        first_s = max(5.0, stall_s)  # opening a suspended source can take a while
         while not stop.is_set():
             try:
                 stream = self._start()
@@ -444,18 +446,19 @@ class MicSource:
             backoff = self.config.retry_min_s
             _LOGGER.info("capturing from %s at %d Hz, %d channel(s)", self.name, self.sample_rate, self.channels)
             last = time.monotonic()
+            limit = first_s
             try:
                 while not stop.is_set():
                     try:
                         data, t0, avail = self._q.get(timeout=0.2)
                     except queue.Empty:
-                        if not stream.active or time.monotonic() - last > stall_s:
+                        if not stream.active or time.monotonic() - last > limit:
                             raise RuntimeError(
                                 "the stream stopped" if not stream.active
                                 else f"no audio for {time.monotonic() - last:.1f} s"
                             ) from None
                         continue
-                    last = time.monotonic()
+                    last, limit = time.monotonic(), stall_s
                     yield AudioBlock(data, self.sample_rate, t0, avail, self._stream_no)
             except Exception as exc:  # PortAudioError, a vanished device, a stall
                 self._failures += 1
