@@ -163,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("matplotlib", "PIL", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {
         "fit": _cmd_fit,
         "evaluate": _cmd_evaluate,

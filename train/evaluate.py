@@ -202,7 +202,8 @@ def plot_all(
         axes[1].set_title("validation metrics")
         for ax in axes:
             ax.set_xlabel("epoch")
-            ax.legend(fontsize=7)
+            if ax.get_lines():
+                ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(out / "learning_curves.png")
         fig.savefig(written[-1], dpi=100)

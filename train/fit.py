@@ -305,13 +305,80 @@ def train_one(cfg: FitConfig, prep: Prepared, class_map: ClassMap, seed: int, st
     else:
         # Under a strategy the data is a tf.data pipeline sharded by element
         # (every worker sees its share of each global batch).
+        # The windows go in as float32 (same values): Keras all-reduces the
+        # first batch to build the model, and collectives have no uint8.
         parts = (prep.x_train, targets) if sample_weight is None else (prep.x_train, targets, sample_weight)
         ds = tf.data.Dataset.from_tensor_slices(parts).shuffle(len(prep.x_train), seed=seed).batch(cfg.batch_size)
+        ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest))
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        hist = model.fit(ds.with_options(opts), epochs=cfg.epochs, verbose=cfg.verbose)
+        history = _distributed_fit(cfg, model, ds.with_options(opts), strategy, sample_weight is not None)
+        return model, history, cfg.epochs
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return model, history, (best.best_epoch if best else cfg.epochs)
+
+
+def _per_example_loss(cfg: FitConfig, y: Any, pred: Any) -> Any:
+    """The compiled loss, per example ``[b]`` (for the custom distributed loop)."""
+    import keras
+
+    if isinstance(pred, dict):
+        total = keras.losses.binary_crossentropy(y["classes"], pred["classes"])
+        if "audioset" in y:
+            total = total + cfg.aux_weight * keras.losses.binary_crossentropy(y["audioset"], pred["audioset"])
+        return total
+    if cfg.loss == "categorical":
+        return keras.losses.categorical_crossentropy(y, pred)
+    if cfg.loss == "sparse":
+        return keras.losses.sparse_categorical_crossentropy(y, pred)
+    return keras.losses.binary_crossentropy(y, pred)
+
+
+def _distributed_fit(cfg: FitConfig, model: Any, ds: Any, strategy: Any, weighted: bool) -> dict[str, list[float]]:
+    """A plain ``tf.distribute`` training loop (``strategy.run`` + all-reduce).
+
+    Keras 3's ``fit`` under MultiWorkerMirroredStrategy fails in its own
+    bookkeeping (it all-reduces the first batch and scalar logs along axes
+    they do not have), so the distributed path trains with an explicit loop:
+    each replica computes the loss of its share of the global batch, scaled by
+    the global batch size, and the optimizer all-reduces the gradients.
+    """
+    import keras
+    import tensorflow as tf
+
+    dist = strategy.experimental_distribute_dataset(ds)
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        optimizer.build(model.trainable_variables)
+
+    def replica_step(x, y, w=None):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            per_ex = _per_example_loss(cfg, y, pred)
+            if w is not None:
+                per_ex = per_ex * tf.cast(w, per_ex.dtype)
+            loss = tf.nn.compute_average_loss(per_ex, global_batch_size=cfg.batch_size)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def step(batch):
+        return strategy.reduce("SUM", strategy.run(replica_step, args=batch), axis=None)
+
+    history: dict[str, list[float]] = {"loss": []}
+    for epoch in range(cfg.epochs):
+        total, n = 0.0, 0
+        bar = keras.utils.Progbar(None, verbose=cfg.verbose) if cfg.verbose and is_chief() else None
+        for batch in dist:
+            total += float(step(batch))
+            n += 1
+            if bar:
+                bar.update(n, [("loss", total / n)])
+        history["loss"].append(total / max(n, 1))
+        _LOGGER.info("epoch %d: loss %.4f (%d steps, %d replicas)", epoch + 1, total / max(n, 1), n,
+                     strategy.num_replicas_in_sync)
+    return history
 
 
 def _ensemble(members: Sequence[Any], output: str) -> Any:
