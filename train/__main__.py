@@ -87,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=0, help="use only this many settings (0: all)")
     g.add_argument("--protocols", nargs="+", default=["grouped", "paper"], choices=("grouped", "paper"))
     g.add_argument("--markdown", help="also write the table into this markdown file (between markers)")
+    g.add_argument("--full", action="store_true", help="the full factorial grid (36 settings) instead of one factor at a time")
+    g.add_argument("--seed", type=int, default=0)
     _add_data_options(g)
+    g.set_defaults(mapping="direct")
 
     v = sub.add_parser("export-vggish", help="export VGGish to TFLite (float32, int8) and a SavedModel")
     v.add_argument("--source", required=True, help="VGGish checkpoint, SavedModel dir or TF-Hub handle")
@@ -135,7 +138,7 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
 
     run_grid(args.data, args.out, epochs=args.epochs, limit=args.limit, protocols=args.protocols,
              labels_csv=args.labels_csv, ontology=args.ontology, mapping=args.mapping, short=args.short,
-             markdown=args.markdown)
+             markdown=args.markdown, full=args.full, seed=args.seed)
     return 0
 
 
