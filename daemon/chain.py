@@ -46,9 +46,11 @@ Output = Union[WindowScores, CaptionEvent]
 class _TimeMap:
     """Maps sample indices of one audio stream to UTC through the blocks' own stamps.
 
-    Each block anchors its first sample to its audio-clock time; a sample is
-    timed from the last anchor at or before it. Clock drift and dropped blocks
-    therefore never accumulate beyond one block.
+    The first block anchors sample 0 to its audio-clock time. A later block
+    whose stamp disagrees with the current anchor's prediction by more than
+    ``TIME_REANCHOR_SECONDS`` (clock drift, dropped blocks) becomes a new anchor;
+    smaller differences are scheduling jitter and are ignored, so a file's
+    times depend on nothing but the sample count.
     """
 
     def __init__(self, rate: int) -> None:
@@ -57,8 +59,13 @@ class _TimeMap:
         self.samples = 0
 
     def add(self, n: int, t0: float) -> None:
-        self._anchors.append((self.samples, t0))
+        if not self._anchors or abs(self._predict(self.samples) - t0) > params.TIME_REANCHOR_SECONDS:
+            self._anchors.append((self.samples, t0))
         self.samples += n
+
+    def _predict(self, sample: float) -> float:
+        idx, t0 = self._anchors[-1]
+        return t0 + (sample - idx) / self.rate
 
     def time_of(self, sample: float) -> float:
         while len(self._anchors) > 1 and self._anchors[1][0] <= sample:
@@ -69,8 +76,7 @@ class _TimeMap:
     @property
     def end_time(self) -> float:
         """Time just after the last sample received."""
-        idx, t0 = self._anchors[-1]
-        return t0 + (self.samples - idx) / self.rate
+        return self._predict(self.samples)
 
 
 class CaptionChain:

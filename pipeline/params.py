@@ -95,6 +95,10 @@ MIC_QUEUE_SECONDS = 10.0
 MIC_RETRY_MIN_SECONDS = 1.0
 MIC_RETRY_MAX_SECONDS = 30.0
 """Back-off bounds for re-opening a failed or vanished input device."""
+TIME_REANCHOR_SECONDS = 0.02
+"""A capture block whose audio-clock stamp differs from the time predicted by
+the sample count by more than this re-anchors the stream's clock (drift, lost
+blocks); smaller differences are callback jitter."""
 FILE_BLOCK_SECONDS = 0.1
 """Block length the file source reads (and, at real-time pace, sleeps)."""
 MQTT_PORT = 1883

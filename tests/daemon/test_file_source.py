@@ -1,0 +1,138 @@
+"""Captioning recordings: the CLI on a WAV file, subtitles, streaming invariance, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import dhelpers
+from daemon.chain import CaptionChain, WindowScores
+from daemon.models import Models
+from daemon.sources import FileSource
+from pipeline.events import CaptionEvent, EventTracker
+from pipeline.postprocess import Postprocessor
+
+START = 1_790_000_000.0
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """21 s at 44.1 kHz stereo: espeak speech, then tone/noise/chirp."""
+    d = tmp_path_factory.mktemp("rec")
+    speech = dhelpers.speech_wav(d / "speech.wav", rate=44100)
+    x, rate = sf.read(speech, dtype="float32")
+    x = x[: 10 * rate] if x.shape[0] > 10 * rate else np.pad(x, (0, 10 * rate - x.shape[0]))
+    mix = np.concatenate([x, dhelpers.tone_mix(11.0, rate)])
+    stereo = np.stack([mix, 0.5 * mix], axis=1)
+    path = d / "recording.wav"
+    sf.write(path, stereo, rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(vggish_model, pca_path, classifier):
+    return Models(classifier=classifier, model_id=f"{classifier.name}@{classifier.version}", vggish=vggish_model,
+                  postprocessor=Postprocessor(pca_path))
+
+
+def _caption(models, path, block_frames, thresholds=None):
+    tracker = EventTracker(models.classes, thresholds or models.classifier.thresholds, min_duration=0.9, hold=0.9,
+                           new_id=iter(f"id{i}" for i in range(10**6)).__next__)
+    chain = CaptionChain(models.classifier, tracker, models.make_embedder)
+    src = FileSource(str(path), realtime=False, block_frames=block_frames, start_time=START)
+    src.open()
+    out = []
+    import threading
+
+    for block in src.blocks(threading.Event()):
+        out += chain.feed(block)
+    out += chain.end_stream()
+    return out
+
+
+def test_captions_do_not_depend_on_block_size(models, recording):
+    whole = sf.info(recording).frames
+    ref = _caption(models, recording, whole)
+    scores = np.stack([o.scores for o in ref if isinstance(o, WindowScores)])
+    assert scores.shape[0] == 21  # one window per 0.96 s embedding, the first ones partial
+    # Thresholds at each class's median score make events happen whatever the (random-weight) VGGish hears.
+    med = {c: float(np.median(scores[:, i])) for i, c in enumerate(models.classes)}
+    ref = _caption(models, recording, whole, med)
+    ref_events = [o for o in ref if isinstance(o, CaptionEvent)]
+    assert len(ref_events) >= 2
+    for block in (441, 1000, 4096, 44100):
+        got = _caption(models, recording, block, med)
+        got_scores = np.stack([o.scores for o in got if isinstance(o, WindowScores)])
+        np.testing.assert_array_equal(got_scores, np.stack([o.scores for o in ref if isinstance(o, WindowScores)]))
+        got_events = [o for o in got if isinstance(o, CaptionEvent)]
+        strip = lambda evs: [(e.event_id, e.type, e.label, e.score, e.start, e.end) for e in evs]  # noqa: E731
+        assert strip(got_events) == strip(ref_events), f"block size {block}"
+    first = [o for o in ref if isinstance(o, WindowScores)][0]
+    assert first.t_start == START  # the audio clock of a file starts at its first sample
+
+
+def test_cli_file_to_stdout_and_subtitles(recording, vggish_ckpt, pca_path, classifier_dir, tmp_path):
+    vtt, srt = tmp_path / "out.vtt", tmp_path / "out.srt"
+    conf = tmp_path / "audiocap.toml"
+    # Low thresholds so the random-weight VGGish still produces captions to write.
+    conf.write_text("[events]\nmin_duration_s = 0.9\nhold_s = 0.9\n"
+                    "thresholds = { Speech = 0.01, Animal = 0.01, Music = 0.01, Vehicle = 0.01 }\n")
+    r = dhelpers.run_daemon(
+        "--config", str(conf), "--source", f"file:{recording}", "--sink", "stdout", "--sink", f"vtt:{vtt}",
+        "--sink", f"srt:{srt}", "--pace", "fast", "--exit-at-end", "--vggish", str(vggish_ckpt),
+        "--pca", str(pca_path), "--classifier", str(classifier_dir), timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events, r.stderr[-2000:]
+    assert {e["type"] for e in events} == {"start", "end"}
+    assert all(e["source"] == f"file:{recording}" and e["schema"] == 1 for e in events)
+    n_end = sum(e["type"] == "end" for e in events)
+    text = vtt.read_text()
+    assert text.startswith("WEBVTT") and text.count(" --> ") == n_end
+    assert srt.read_text().count(" --> ") == n_end
+    assert "[" in text
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (["--source", "file:/nonexistent/x.wav"], 66, "audio file not found: /nonexistent/x.wav"),
+        (["--source", "file:{notwav}"], 66, "cannot read audio file"),
+        (["--source", "replay:/nonexistent"], 66, "replay folder not found"),
+        (["--source", "file:{wav}", "--pca", "/nonexistent/pca.npz"], 78, "PCA parameters not found at /nonexistent"),
+        (["--source", "file:{wav}", "--pca", "{pca}", "--vggish", "/nonexistent/vggish_model.ckpt"], 78,
+         "VGGish weights not found at /nonexistent/vggish_model.ckpt"),
+        (["--source", "file:{wav}", "--pca", "{pca}", "--classifier", "/nonexistent/bundle"], 78,
+         "classifier bundle not found: /nonexistent/bundle"),
+        (["--source", "file:{wav}", "--pca", "{pca}", "--runtime", "litert", "--vggish", "/x/vggish.ckpt"], 78,
+         "needs VGGish as a .tflite file"),
+        (["--source", "mic:no-such-microphone"], 69, "audio input device 'no-such-microphone' not found"),
+        (["--source", "file:{wav}", "--sink", "vtt:/nonexistent/dir/out.vtt"], 73, "cannot write subtitles"),
+        (["--source", "file:{wav}", "--mqtt-port", "99999"], 78, "--mqtt-port: [mqtt] port: 99999 is out of range"),
+    ],
+)
+def test_bad_input_one_line_and_exit_code(args, code, fragment, tmp_path, pca_path):
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    notwav = tmp_path / "notes.wav"
+    notwav.write_text("this is not audio\n")
+    args = [a.format(wav=wav, notwav=notwav, pca=pca_path) for a in args]
+    r = dhelpers.run_daemon(*args, "--sink", "stdout", "--exit-at-end", timeout=60)
+    lines = dhelpers.error_lines(r.stderr)
+    assert r.returncode == code, r.stderr[-2000:]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_unreachable_tfhub_fails_at_once(tmp_path, pca_path):
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    r = dhelpers.run_daemon("--source", f"file:{wav}", "--sink", "stdout", "--pca", str(pca_path),
+                            "--vggish", "https://tfhub.invalid/google/vggish/1", timeout=90)
+    lines = dhelpers.error_lines(r.stderr)
+    assert r.returncode == 69, r.stderr[-2000:]
+    assert len(lines) == 1 and "tfhub.invalid is unreachable" in lines[0]
