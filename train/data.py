@@ -40,12 +40,13 @@ _LOGGER = logging.getLogger(__name__)
 OK = 0
 SHORT = 1
 BAD_SIZE = 2
-FILE_OK = 3
-FILE_CORRUPT = 4
-PADDED = 5
+BAD_RECORD = 3
+PADDED = 4
 
 PARSE_BATCH = 256
 """Records parsed per batched ParseSequenceExample call (the fast path)."""
+READ_PARALLEL = 16
+"""Files read at once."""
 _RECORD_OVERHEAD = 16
 """Bytes of framing around each TFRecord payload: length, 2 CRCs."""
 SHORT_POLICIES = ("skip", "pad")
@@ -138,41 +139,13 @@ def list_files(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pa
     return out
 
 
-def _file_dataset(path: Any, size: Any) -> Any:
-    """One file's records followed by a tail element that says if it was whole.
-
-    Elements: ``(record bytes, kind, count, path)``: kind OK for records, and
-    FILE_OK or FILE_CORRUPT for the tail, whose count is the number of records
-    framed in the file. A file is whole when the bytes of the records read plus
-    their framing add up to its size: a truncated file or a record failing its
-    CRC ends the file early (``ignore_errors``) and leaves a gap.
-    """
-    import tensorflow as tf
-
-    recs = tf.data.TFRecordDataset(path, buffer_size=256 * 1024).ignore_errors()
-    recs = recs.map(lambda r: (r, tf.constant(False)))
-    tail = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True)))
-
-    def step(state, elem):
-        consumed, n = state
-        rec, is_tail = elem
-        add = tf.where(is_tail, tf.constant(0, tf.int64), tf.cast(tf.strings.length(rec), tf.int64) + _RECORD_OVERHEAD)
-        consumed = consumed + add
-        n = n + tf.where(is_tail, tf.constant(0, tf.int64), tf.constant(1, tf.int64))
-        kind = tf.where(is_tail, tf.where(consumed == size, FILE_OK, FILE_CORRUPT), OK)
-        count = tf.where(is_tail, n, tf.constant(1, tf.int64))
-        return (consumed, n), (rec, tf.cast(kind, tf.int32), count, path)
-
-    zero = tf.constant(0, tf.int64)
-    return recs.concatenate(tail).scan((zero, zero), step)
-
-
-def _parse_batch(records: Any, kinds: Any, counts: Any, paths: Any, num_labels: int, short: str) -> dict[str, Any]:
+def _parse_batch(records: Any, num_labels: int, short: str) -> dict[str, Any]:
     """Parses a batch of serialized SequenceExamples (all valid, else it raises).
 
     Returns a dict of batched tensors: ``x`` uint8 [B,10,128], ``labels``
     uint8 [B,num_labels], ``video_id`` string [B], ``start`` float32 [B],
-    ``frames`` int32 [B], ``status`` int32 [B].
+    ``frames`` int32 [B], ``status`` int32 [B], ``nbytes`` int64 [B] (the
+    record's size on disk, framing included).
     """
     import tensorflow as tf
 
@@ -205,30 +178,25 @@ def _parse_batch(records: Any, kinds: Any, counts: Any, paths: Any, num_labels: 
         src = tf.math.floormod(tf.range(n_win)[None, :], tf.maximum(frames, 1)[:, None])
         x = tf.gather(x, src, axis=1, batch_dims=1)
     lab = context["labels"]
-    ids = tf.where(
-        (lab.values >= 0) & (lab.values < num_labels), lab.values, tf.constant(-1, tf.int64)
-    )
-    rows = lab.indices[:, 0]
-    keep = ids >= 0
+    keep = (lab.values >= 0) & (lab.values < num_labels)
+    ids = tf.boolean_mask(lab.values, keep)
+    rows = tf.boolean_mask(lab.indices[:, 0], keep)
     multi = tf.scatter_nd(
-        tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(ids, keep)], axis=1),
-        tf.ones_like(tf.boolean_mask(ids, keep), dtype=tf.int32),
+        tf.stack([rows, ids], axis=1),
+        tf.ones_like(ids, dtype=tf.int32),
         tf.cast(tf.stack([tf.shape(records)[0], num_labels]), tf.int64),
     )
     labels = tf.cast(tf.minimum(multi, 1), tf.uint8)
     is_short = frames < n_win
     status = tf.where(bad_size, BAD_SIZE, tf.where(is_short, PADDED if short == "pad" else SHORT, OK))
-    tails = kinds != OK
-    status = tf.where(tails, kinds, status)
     return {
         "x": x,
         "labels": labels,
-        # Tails carry their file's path here and its record count in "count".
-        "video_id": tf.where(tails, paths, context["video_id"]),
-        "count": counts,
+        "video_id": context["video_id"],
         "start": context["start_time_seconds"],
         "frames": frames,
         "status": tf.cast(status, tf.int32),
+        "nbytes": tf.cast(tf.strings.length(records), tf.int64) + _RECORD_OVERHEAD,
     }
 
 
@@ -242,53 +210,47 @@ def raw_dataset(
 ) -> Any:
     """The streaming reader: batches of parsed clips WITH status codes.
 
+    Files are read in parallel by one multi-file ``TFRecordDataset``; a file
+    that is truncated or fails a CRC ends at the damage (``ignore_errors``)
+    and the others go on. Records are parsed a batch at a time; a batch that
+    holds a record that is not a SequenceExample is re-parsed record by record
+    and the bad record becomes a row with status BAD_RECORD.
+
     Args:
       files: tfrecord paths.
       num_labels: AudioSet label vocabulary size.
       short: ``"skip"`` or ``"pad"`` for clips of fewer than 10 frames.
-      parallel: files read at once (default: AUTOTUNE).
+      parallel: files read at once (default 16).
       deterministic: keep a reproducible order.
       batch: records parsed per call.
 
     Returns:
-      A ``tf.data.Dataset`` of dicts (see :func:`_parse_batch`); rows with
-      status FILE_OK/FILE_CORRUPT are per-file tails, not clips. A batch that
-      holds an unparseable record is re-parsed record by record and the bad
-      record is dropped; :func:`load_clips` counts them from the difference.
+      A ``tf.data.Dataset`` of dicts (see :func:`_parse_batch`), every row
+      with its status.
     """
     import tensorflow as tf
 
     if short not in SHORT_POLICIES:
         raise ValueError(f"short must be one of {SHORT_POLICIES}; got {short!r}")
-    sizes = [os.path.getsize(f) for f in files]
     autotune = tf.data.AUTOTUNE
-    ds = tf.data.Dataset.from_tensor_slices(
-        ([os.fspath(f) for f in files], tf.constant(sizes, tf.int64))
-    )
-    ds = ds.interleave(
-        _file_dataset,
-        cycle_length=parallel or autotune,
-        num_parallel_calls=parallel or autotune,
-        deterministic=deterministic,
-    )
+    ds = tf.data.TFRecordDataset(
+        [os.fspath(f) for f in files], buffer_size=256 * 1024, num_parallel_reads=parallel or READ_PARALLEL
+    ).ignore_errors()
     ds = ds.batch(batch)
 
-    def parse_or_fallback(records, kinds, counts, paths):
-        fast = tf.data.Dataset.from_tensors((records, kinds, counts, paths)).map(
-            lambda r, k, c, p: _parse_batch(r, k, c, p, num_labels, short)
-        ).ignore_errors()
-        slow = (
-            tf.data.Dataset.from_tensor_slices((records, kinds, counts, paths))
-            .map(lambda r, k, c, p: _parse_batch(r[None], k[None], c[None], p[None], num_labels, short))
-            .ignore_errors()
-            .unbatch()
-            .batch(batch)
-        )
+    def one(record):
+        good = tf.data.Dataset.from_tensors(record[None]).map(lambda r: _parse_batch(r, num_labels, short))
+        bad = tf.data.Dataset.from_tensors(tf.constant([b""])).map(lambda r: _parse_batch(r, num_labels, short))
+        bad = bad.map(lambda d: {**d, "status": tf.fill([1], BAD_RECORD),
+                                 "nbytes": tf.cast(tf.strings.length(record), tf.int64)[None] + _RECORD_OVERHEAD})
+        return good.ignore_errors().concatenate(bad).take(1)
+
+    def parse_or_fallback(records):
+        fast = tf.data.Dataset.from_tensors(records).map(lambda r: _parse_batch(r, num_labels, short)).ignore_errors()
+        slow = tf.data.Dataset.from_tensor_slices(records).flat_map(one).unbatch().batch(batch)
         return fast.concatenate(slow).take(1)
 
-    ds = ds.interleave(
-        parse_or_fallback, cycle_length=1, num_parallel_calls=autotune, deterministic=deterministic
-    )
+    ds = ds.interleave(parse_or_fallback, cycle_length=2, num_parallel_calls=autotune, deterministic=deterministic)
     return ds.prefetch(autotune)
 
 
@@ -310,33 +272,44 @@ def iter_batches(
     files = list_files(data)
     st = stats if stats is not None else IngestStats()
     st.files += len(files)
-    framed = 0
-    delivered = 0
+    expected = sum(os.path.getsize(f) for f in files)
+    consumed = 0
     for b in raw_dataset(files, **kwargs).as_numpy_iterator():
         status = b["status"]
-        tails = (status == FILE_OK) | (status == FILE_CORRUPT)
-        corrupt = status == FILE_CORRUPT
-        if np.any(corrupt):
-            st.corrupt_files += int(np.sum(corrupt))
-            st.corrupt_paths.extend(v.decode("utf-8", "replace") for v in b["video_id"][corrupt])
-        framed += int(np.sum(b["count"][tails]))
-        delivered += int(np.sum(~tails))
+        consumed += int(b["nbytes"].sum())
+        st.records += len(status)
+        st.bad_records += int(np.sum(status == BAD_RECORD))
         st.bad_size += int(np.sum(status == BAD_SIZE))
         st.short += int(np.sum(status == SHORT))
         st.padded += int(np.sum(status == PADDED))
         good = (status == OK) | (status == PADDED)
         st.clips += int(np.sum(good))
-        out = {k: v for k, v in b.items() if k != "count"}
+        out = {k: v for k, v in b.items() if k != "nbytes"}
         if np.all(good):
             yield out
         elif np.any(good):
             yield {k: v[good] for k, v in out.items()}
-    st.records += framed
-    # A record that framed correctly but is not a SequenceExample was dropped
-    # by the parser: it is the difference between framed and delivered rows.
-    st.bad_records += framed - delivered
-    for p in st.corrupt_paths[:5]:
-        _LOGGER.warning("corrupt or truncated tfrecord (read up to the damage): %s", p)
+    if consumed != expected:
+        # Some file ended before its bytes did: find which (rare, so the
+        # per-file re-read costs nothing in the common case).
+        st.corrupt_paths = _find_corrupt(files)
+        st.corrupt_files = len(st.corrupt_paths)
+        for p in st.corrupt_paths[:5]:
+            _LOGGER.warning("corrupt or truncated tfrecord (read up to the damage): %s", p)
+
+
+def _find_corrupt(files: Sequence[Path]) -> list[str]:
+    """The files whose readable records end before their bytes do."""
+    import tensorflow as tf
+
+    bad = []
+    for f in files:
+        size = os.path.getsize(f)
+        ds = tf.data.TFRecordDataset(os.fspath(f)).ignore_errors()
+        n = ds.reduce(tf.constant(0, tf.int64), lambda acc, r: acc + tf.cast(tf.strings.length(r), tf.int64) + _RECORD_OVERHEAD)
+        if int(n) != size:
+            bad.append(os.fspath(f))
+    return bad
 
 
 def load_clips(
