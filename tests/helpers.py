@@ -143,3 +143,16 @@ def espeak_wav(text: str, out: Path, rate: int | None = None) -> Path:
     if rate:
         subprocess.run(["sox", str(raw), "-r", str(rate), str(out)], check=True, capture_output=True)
     return out
+
+
+def feed_blocks(process, x: np.ndarray, sizes) -> list:
+    """Calls ``process`` on consecutive blocks of ``x`` whose sizes cycle through
+    ``sizes``; returns the results in order."""
+    out, pos, i = [], 0, 0
+    sizes = [int(s) for s in sizes]
+    while pos < x.shape[0]:
+        n = sizes[i % len(sizes)]
+        out.append(process(x[pos : pos + n]))
+        pos += n
+        i += 1
+    return out

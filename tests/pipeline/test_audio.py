@@ -63,14 +63,7 @@ def test_streaming_resampler_is_bit_identical_for_any_block_size(rate):
     rng = np.random.default_rng(1)
     for sizes in ([1], [160], [1000], [4096], list(rng.integers(1, 5000, size=64))):
         r = audio.StreamingResampler(rate)
-        out, pos, i = [], 0, 0
-        while pos < x.shape[0]:
-            n = int(sizes[i % len(sizes)])
-            out.append(r.process(x[pos : pos + n]))
-            pos += n
-            i += 1
-        out.append(r.flush())
-        got = np.concatenate(out)
+        got = np.concatenate(helpers.feed_blocks(r.process, x, sizes) + [r.flush()])
         assert np.array_equal(got, ref), f"block sizes {sizes[:3]}... changed the output"
 
 

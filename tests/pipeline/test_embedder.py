@@ -15,14 +15,7 @@ def post(pca_path):
 
 
 def _stream(emb, x, sizes):
-    out, pos, i = [], 0, 0
-    while pos < x.shape[0]:
-        n = int(sizes[i % len(sizes)])
-        out.append(emb.process(x[pos : pos + n]))
-        pos += n
-        i += 1
-    out.append(emb.flush())
-    return np.concatenate(out)
+    return np.concatenate(helpers.feed_blocks(emb.process, x, sizes) + [emb.flush()])
 
 
 def test_16k_embedder_equals_the_batch_chain(vggish_model, post):

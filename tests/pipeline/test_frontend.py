@@ -67,16 +67,6 @@ def test_stereo_int16_and_other_rates():
     assert frontend.waveform_to_examples(x44, 44100).shape == (2, 96, 64)
 
 
-def _feed(fe, x, sizes):
-    out, pos, i = [], 0, 0
-    while pos < x.shape[0]:
-        n = int(sizes[i % len(sizes)])
-        out.append(fe.process(x[pos : pos + n]))
-        pos += n
-        i += 1
-    return np.concatenate(out)
-
-
 @pytest.mark.parametrize("sizes", [[1], [160], [1000], [4096], "random", "all"])
 def test_streaming_equals_batch(sizes):
     x = np.concatenate([helpers.chirp(3.1, 16000), helpers.noise(2.0, 16000, seed=3)])
@@ -86,7 +76,7 @@ def test_streaming_equals_batch(sizes):
     elif sizes == "all":
         sizes = [x.shape[0]]
     fe = frontend.StreamingFrontend()
-    got = _feed(fe, x, sizes)
+    got = np.concatenate(helpers.feed_blocks(fe.process, x, sizes))
     assert got.shape == want.shape
     assert np.array_equal(got, want)
     assert fe.examples_done == want.shape[0]
