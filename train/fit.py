@@ -115,6 +115,8 @@ class Prepared:
     x_val: npt.NDArray[np.uint8]
     y_val: npt.NDArray[np.float32]
     summary: dict[str, Any]
+    val_seen: npt.NDArray[np.bool_] | None = None
+    """Per validation row: its video (the clip or a permuted copy) is also in training."""
 
 
 def resolve_class_map(cfg: FitConfig) -> ClassMap:
@@ -152,7 +154,9 @@ def prepare(cfg: FitConfig, clips: data_mod.Clips, class_map: ClassMap, stats: d
         if cfg.oversample == "permute":
             x_tr, y_tr, src = data_mod.permutation_oversample(x_tr, y_tr, seed=rng_seed)
             aux_tr = aux_tr[src]
-    leaked = len(set(vids[tr]) & set(vids[va]))
+    train_videos = set(vids[tr])
+    val_seen = np.array([v in train_videos for v in vids[va]], dtype=bool)
+    leaked = len(train_videos & set(vids[va]))
     summary = {
         "clips_read": len(clips),
         "clips_used": int(len(keep)),
@@ -168,7 +172,8 @@ def prepare(cfg: FitConfig, clips: data_mod.Clips, class_map: ClassMap, stats: d
         "split %s: %d train rows, %d validation clips (%d videos on both sides)",
         cfg.split, len(x_tr), len(va), leaked,
     )
-    return Prepared(x_tr, y_tr, aux_tr, x[va], y[va], summary)
+    summary["val_rows_seen_in_training"] = int(val_seen.sum())
+    return Prepared(x_tr, y_tr, aux_tr, x[va], y[va], summary, val_seen)
 
 
 def _strategy(name: str) -> Any:
@@ -457,7 +462,7 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         "tensorflow": tf.__version__,
     }
     (out / "metrics.json").write_text(json.dumps(run_info, indent=2) + "\n")
-    np.savez_compressed(out / "val_scores.npz", y=prep.y_val, scores=scores)
+    np.savez_compressed(out / "val_scores.npz", y=prep.y_val, scores=scores, seen=prep.val_seen)
     ev.plot_all(out, prep.y_val, scores, thresholds, history if len(histories) == 1 else histories[0], class_map.names)
     _LOGGER.info(
         "run %s: validation mAP %.4f, top-1 %.4f, macro-F1 %.4f (train %.0f s)",

@@ -24,10 +24,11 @@ def test_grid_writes_table_chart_and_markdown(small_data, tmp_path):
     ]
     for r in results:
         assert (r["videos_on_both_sides"] > 0) == (r["protocol"] == "paper")
+        assert (r["val_rows_seen_in_training"] > 0) == (r["protocol"] == "paper")
         assert r["paper_accuracy"] == r["binary_accuracy"]  # BCE: Keras prints binary accuracy
     text = md.read_text()
     assert "old table" not in text and "before" in text and "after" in text
-    assert "| cnn-bce-b20-norm-pool3 |" in text and "paper: Keras acc" in text
+    assert "| cnn-bce-b20-norm-pool3 | paper |" in text and "the paper's figure" in text
     assert (tmp_path / "exp" / "experiments.png").read_bytes()[:4] == b"\x89PNG"
 
 
