@@ -188,7 +188,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = run(argv)
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handler
         code = 130
-    sys.exit(code)
+    # Everything is delivered, written and closed by now. Tearing down TensorFlow
+    # and a loaded VGGish takes 5-10 s at interpreter exit, which would break the
+    # "gone within 2 s of SIGTERM" promise, so leave without it.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -447,6 +447,11 @@ class MicSource:
             _LOGGER.info("capturing from %s at %d Hz, %d channel(s)", self.name, self.sample_rate, self.channels)
             last = time.monotonic()
             limit = first_s
+            # Warm-up: drop blocks until the audio clock has run steadily (stamps
+            # following the sample count) for MIC_WARMUP_SECONDS, at most 5x that.
+            steady, expected = 0, None
+            need = int(params.MIC_WARMUP_SECONDS * self.sample_rate)
+            warm_until = time.monotonic() + 5 * params.MIC_WARMUP_SECONDS
             try:
                 while not stop.is_set():
                     try:
@@ -459,6 +464,13 @@ class MicSource:
                             ) from None
                         continue
                     last, limit = time.monotonic(), stall_s
+                    if steady < need:
+                        ok = expected is not None and abs(t0 - expected) <= params.TIME_REANCHOR_SECONDS
+                        steady = steady + data.shape[0] if ok else 0
+                        expected = t0 + data.shape[0] / self.sample_rate
+                        if steady < need and time.monotonic() < warm_until:
+                            continue
+                        steady = need
                     yield AudioBlock(data, self.sample_rate, t0, avail, self._stream_no)
             except Exception as exc:  # PortAudioError, a vanished device, a stall
                 self._failures += 1

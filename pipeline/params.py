@@ -92,6 +92,10 @@ MIC_BLOCK_SECONDS = 0.1
 """Audio delivered per sounddevice callback."""
 MIC_QUEUE_SECONDS = 10.0
 """Audio the callback queue holds before blocks are dropped (and counted)."""
+MIC_WARMUP_SECONDS = 1.0
+"""After (re)opening a device, audio is discarded until its clock has run this
+long without a jump (at most five times this long): PortAudio/PulseAudio
+deliver the first blocks irregularly, which would put a jump into the captions' times."""
 MIC_RETRY_MIN_SECONDS = 1.0
 MIC_RETRY_MAX_SECONDS = 30.0
 """Back-off bounds for re-opening a failed or vanished input device."""

@@ -93,6 +93,7 @@ class Subscriber:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.times: list[float] = []  # wall-clock arrival of each message
         self.cond = threading.Condition()
         self.topics = topics
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{os.getpid()}-{id(self)}",
@@ -113,6 +114,7 @@ class Subscriber:
     def _on_message(self, client, userdata, msg):
         with self.cond:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.times.append(time.time())
             self.cond.notify_all()
 
     def wait_for(self, predicate, timeout: float) -> bool:
