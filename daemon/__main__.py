@@ -188,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = run(argv)
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handler
         code = 130
+    except BrokenPipeError:  # e.g. `audiocapd --check-config | head`
+        code = 0
     # Everything is delivered, written and closed by now. Tearing down TensorFlow
     # and a loaded VGGish takes 5-10 s at interpreter exit, which would break the
     # "gone within 2 s of SIGTERM" promise, so leave without it.
