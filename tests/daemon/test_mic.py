@@ -29,12 +29,22 @@ def test_list_devices_sees_pulse(pulse):
     assert "pulse" in r.stdout
 
 
+def _null_sink_module(pulse) -> str | None:
+    out = subprocess.run(["pactl", "list", "short", "modules"], env=pulse, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "module-null-sink" in line and "sink_name=virt" in line:
+            return line.split()[0]
+    return None
+
+
 def test_mic_capture_publishes_scores_on_the_audio_clock(
     pulse, speech, vggish_ckpt, pca_path, classifier_dir, mosquitto, subscriber_factory, tmp_path
 ):
     sub = subscriber_factory(mosquitto.port, ["audiocap/mic/#"])
+    conf = tmp_path / "audiocap.toml"
+    conf.write_text("[mic]\nretry_min_s = 0.5\nretry_max_s = 1.0\n[daemon]\nmetrics_interval_s = 1\n")
     proc = subprocess.Popen(
-        dhelpers.daemon_cmd("--source", "mic", "--sink", "mqtt", "--mqtt-host", "127.0.0.1", "--mqtt-port",
+        dhelpers.daemon_cmd("--config", str(conf), "--source", "mic", "--sink", "mqtt", "--mqtt-host", "127.0.0.1", "--mqtt-port",
                             str(mosquitto.port), "--node", "mic", "--vggish", str(vggish_ckpt), "--pca", str(pca_path),
                             "--classifier", str(classifier_dir)),
         cwd=dhelpers.REPO, env=dhelpers.daemon_env(pulse), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -48,6 +58,24 @@ def test_mic_capture_publishes_scores_on_the_audio_clock(
             if not players or players[-1].poll() is not None:
                 players.append(subprocess.Popen(["paplay", "--device=virt", str(speech)], env=pulse))
             time.sleep(0.2)
+        with sub.cond:
+            n_live = len(sub.messages)
+        # Unplug the microphone (the null sink and its monitor vanish), then plug it back.
+        module = _null_sink_module(pulse)
+        assert module is not None
+        subprocess.run(["pactl", "unload-module", module], env=pulse, check=True)
+        try:
+            time.sleep(4)
+            assert proc.poll() is None, "the daemon must survive a vanished microphone"
+        finally:
+            subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=virt", "rate=16000", "channels=1"],
+                           env=pulse, check=True, capture_output=True)
+        with sub.cond:
+            n_unplugged = len(sub.messages)
+        replugged = time.monotonic()
+        assert sub.wait_for(lambda m: sum(t.endswith("/scores") for t, _, _ in m[n_unplugged:]) >= 2, 30), \
+            "no scores after the microphone came back"
+        back_after = time.monotonic() - replugged
         took = dhelpers.stop_process(proc, signal.SIGTERM)
     finally:
         for p in players:
@@ -59,7 +87,9 @@ def test_mic_capture_publishes_scores_on_the_audio_clock(
     assert proc.returncode == 0, stderr[-3000:]
     assert took <= 2.0
     with sub.cond:
-        scores = [(json.loads(p), t) for (topic, p, _), t in zip(sub.messages, sub.times) if topic.endswith("/scores")]
+        scores = [(json.loads(p), t) for (topic, p, _), t in zip(sub.messages[:n_live], sub.times)
+                  if topic.endswith("/scores")]
+        metrics = [json.loads(p) for topic, p, _ in sub.messages if topic.endswith("/metrics")]
     assert len(scores) >= 8, stderr[-3000:]
     # About one window per 0.96 s of audio...
     stamps = [_t(s["t"]) for s, _ in scores]
@@ -70,4 +100,9 @@ def test_mic_capture_publishes_scores_on_the_audio_clock(
     # ...stamped with the capture time: within 1 s of the wall clock when it arrives.
     lags = [arrived - _t(s["t"]) for s, arrived in scores]
     assert all(-0.05 < lag < 1.0 for lag in lags), " ".join(f"{x:.3f}" for x in lags)
-    assert "overflow" not in stderr.lower()
+    # The outage was logged once (not once per retry), and reported in the metrics.
+    assert stderr.count("failed: the stream stopped") + stderr.count("failed: no audio") == 1, stderr[-3000:]
+    assert "is back after" in stderr
+    assert any(m["source_state"] == "retrying" for m in metrics)
+    assert metrics[-1]["source_state"] == "capturing"
+    assert back_after < 30
