@@ -1,0 +1,243 @@
+"""Benchmark of the daemon: chain time per second of audio, publish latency, memory.
+
+    python bench/daemon.py                 # 10 minutes of 44.1 kHz audio, fast, to a private mosquitto
+    python bench/daemon.py --seconds 120   # shorter
+    python bench/daemon.py --runtime litert --vggish vggish.tflite
+
+It runs the daemon's own code in-process (``build_models``, ``CaptionChain``,
+``Service``, ``FileSource``, ``MqttSink``) on a generated 44.1 kHz stereo
+recording (espeak-ng speech, tones, noise, chirps, silence) at the fastest
+pace, with a private ``mosquitto`` on a free loopback port, and prints:
+
+* the whole chain's processing time per second of audio (resample, log-mel,
+  VGGish, PCA, window, classifier, events, sinks), p50/p95/p99;
+* latency from the end of the audio block that produced a caption event to
+  the broker's PUBACK, p50/p95 (the block is processed as soon as it is read,
+  as a live block is as soon as it is captured);
+* resident memory: after warm-up, peak, at the end, and the growth in between.
+
+Without ``--vggish`` the VGGish weights are seeded random numbers written as a
+TF1 checkpoint by the test helpers (the real weights cannot be downloaded on
+the development machines): the arithmetic, and so the timing, is that of the
+real network, the captions are not. Thresholds are set to each class's median
+score of a first pass so that captions change often enough to measure latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+RATE = 44100
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _make_audio(seconds: float, out: Path, workdir: Path) -> Path:
+    """A stereo 44.1 kHz int16 WAV cycling through speech, tones, noise, chirps and silence."""
+    import soundfile as sf
+
+    import helpers
+
+    speech_path = helpers.espeak_wav(
+        "The quick brown fox jumps over the lazy dog. Captions for everyone, live, from this microphone.",
+        workdir / "speech.wav", rate=RATE,
+    )
+    speech, _ = sf.read(speech_path, dtype="float32")
+    pieces = [speech, helpers.sine(440, 4, RATE), helpers.noise(3, RATE, seed=1), helpers.chirp(4, RATE),
+              np.zeros(2 * RATE, np.float32), helpers.sine(1000, 3, RATE, amplitude=0.2)]
+    cycle = np.concatenate(pieces)
+    n = int(seconds * RATE)
+    reps = int(np.ceil(n / cycle.shape[0]))
+    mono = np.tile(cycle, reps)[:n]
+    with sf.SoundFile(out, "w", RATE, 2, subtype="PCM_16") as fh:
+        step = 60 * RATE
+        for i in range(0, n, step):
+            m = mono[i : i + step]
+            fh.write(np.stack([m, 0.7 * m], axis=1))
+    return out
+
+
+def _start_broker(workdir: Path) -> tuple[subprocess.Popen, int]:
+    import socket
+
+    if shutil.which("mosquitto") is None:
+        sys.exit("bench/daemon.py: mosquitto is not installed (scripts/setup installs it), or pass --mqtt-port")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nuser root\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit("bench/daemon.py: mosquitto did not start")
+
+
+def _median_thresholds(models, wav: Path, seconds: float) -> dict[str, float]:
+    """Each class's median window score over the first ``seconds`` of the recording."""
+    from daemon.chain import CaptionChain, WindowScores
+    from daemon.sources import FileSource
+    from pipeline.events import EventTracker
+
+    chain = CaptionChain(models.classifier, EventTracker(models.classes, {c: 1.0 for c in models.classes}),
+                         models.make_embedder)
+    src = FileSource(str(wav), realtime=False)
+    src.open()
+    scores = []
+    stop = threading.Event()
+    for block in src.blocks(stop):
+        scores += [o.scores for o in chain.feed(block) if isinstance(o, WindowScores)]
+        if len(scores) * 0.96 >= seconds:
+            break
+    s = np.stack(scores)
+    return {c: float(np.median(s[:, i])) for i, c in enumerate(models.classes)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=600.0, help="audio to process (default 600 = 10 minutes)")
+    ap.add_argument("--runtime", choices=("tensorflow", "litert"), default="tensorflow")
+    ap.add_argument("--vggish", help="VGGish source (default: a random-weight checkpoint written here)")
+    ap.add_argument("--pca", default=str(REPO.parent / "shared" / "vggish" / "vggish_pca_params.npz"))
+    ap.add_argument("--classifier", default="", help="bundle directory (default: the shipped one)")
+    ap.add_argument("--mqtt-port", type=int, default=0, help="use this broker on 127.0.0.1 instead of starting one")
+    ap.add_argument("--warmup", type=float, default=60.0, help="seconds of audio before memory is baselined")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from daemon.chain import CaptionChain
+    from daemon.config import ModelConfig, load_config
+    from daemon.models import build_models
+    from daemon.mqtt import MqttSink
+    from daemon.service import Service, percentile
+    from daemon.sinks import SinkContext, StdoutSink
+    from daemon.sources import FileSource
+    from pipeline.events import EventTracker
+
+    workdir = Path(tempfile.mkdtemp(prefix="audiocap-bench-"))
+    broker = None
+    try:
+        vggish_note = args.vggish
+        if not args.vggish:
+            import helpers
+
+            ckpt = helpers.write_checkpoint(helpers.random_vggish_weights(seed=0), workdir / "vggish_model.ckpt")
+            args.vggish = str(ckpt)
+            vggish_note = "random weights (seed 0) written as a TF1 checkpoint by tests/helpers.py"
+        print(f"generating {args.seconds:.0f} s of 44.1 kHz stereo audio ...", flush=True)
+        wav = _make_audio(args.seconds, workdir / "bench.wav", workdir)
+        models = build_models(ModelConfig(vggish=args.vggish, pca=args.pca, classifier=args.classifier,
+                                          runtime=args.runtime))
+        thresholds = _median_thresholds(models, wav, 60.0)
+        if args.mqtt_port:
+            port = args.mqtt_port
+        else:
+            broker, port = _start_broker(workdir)
+        conf = workdir / "audiocap.toml"
+        conf.write_text(f"[daemon]\nnode = \"bench\"\nexit_at_end = true\npace = \"fast\"\n"
+                        f"[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nscores = true\n")
+        config = load_config(conf)
+        tracker = EventTracker(models.classes, thresholds, {c: 0.95 * v for c, v in thresholds.items()},
+                               min_duration=0.9, hold=0.9)
+        source = FileSource(str(wav), realtime=False)
+        source.open()
+        ctx = SinkContext("bench", source.name, models.model_id, models.classes, tracker.caption_texts())
+        mqtt_sink = MqttSink(config.mqtt, ctx)
+        sink_out = io.StringIO()
+        service = Service(config, source, CaptionChain(models.classifier, tracker, models.make_embedder),
+                          [mqtt_sink, StdoutSink(ctx, sink_out)], handle_signals=False)
+        rss: list[tuple[float, float]] = []  # (audio seconds processed, RSS MiB)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.5):
+                rss.append((service.counts["audio_s"], _rss_mib()))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        print(f"running {args.seconds:.0f} s of audio through the daemon's service ({args.runtime}) ...", flush=True)
+        t0 = time.monotonic()
+        code = service.run()
+        wall = time.monotonic() - t0
+        done.set()
+        sampler.join()
+        rss.append((service.counts["audio_s"], _rss_mib()))
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    proc = list(service.timer.samples)
+    lat = [1000 * x for x in mqtt_sink.latencies()]
+    after = [m for a, m in rss if a >= args.warmup]
+    base = after[0] if after else float("nan")
+    tail = [m for a, m in rss if a >= args.seconds * 0.9]
+    figures = {
+        "audio_s": round(service.counts["audio_s"], 1),
+        "wall_s": round(wall, 1),
+        "runtime": args.runtime,
+        "vggish": vggish_note,
+        "classifier": models.model_id,
+        "chain_ms_per_audio_s": {q: round(percentile(proc, float(q[1:])), 1) for q in ("p50", "p95", "p99")},
+        "chain_samples": len(proc),
+        "caption_edges": service.counts["events"],
+        "publish_latency_ms": {q: round(percentile(lat, float(q[1:])), 1) if lat else None for q in ("p50", "p95")},
+        "latency_samples": len(lat),
+        "mqtt_dropped": mqtt_sink.counters["dropped"],
+        "rss_mib": {
+            "after_warmup": round(base, 1),
+            "peak": round(max(m for _, m in rss), 1),
+            "end": round(rss[-1][1], 1),
+            "growth_after_warmup": round((np.mean(tail) if tail else rss[-1][1]) - base, 1),
+        },
+        "exit_code": code,
+    }
+    print()
+    print(f"audiocapd benchmark: {figures['audio_s']:.0f} s of 44.1 kHz stereo audio in {figures['wall_s']:.0f} s "
+          f"({args.runtime} runtime, {os.cpu_count()} CPUs)")
+    print(f"  VGGish: {vggish_note}")
+    c = figures["chain_ms_per_audio_s"]
+    print(f"  chain time per second of audio: p50 {c['p50']} ms, p95 {c['p95']} ms, p99 {c['p99']} ms "
+          f"({len(proc)} one-second samples)")
+    p = figures["publish_latency_ms"]
+    print(f"  block end -> PUBACK of caption events: p50 {p['p50']} ms, p95 {p['p95']} ms ({len(lat)} events, "
+          f"{figures['mqtt_dropped']} dropped)")
+    r = figures["rss_mib"]
+    print(f"  RSS: {r['after_warmup']} MiB after {args.warmup:.0f} s warm-up, peak {r['peak']} MiB, "
+          f"end {r['end']} MiB, growth over the last 10% vs warm-up {r['growth_after_warmup']:+.1f} MiB")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
