@@ -15,7 +15,7 @@ from typing import Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
-from daemon.sources import AudioBlock, Block, EmbeddingBlock
+from daemon.sources import AudioBlock, Block, EmbeddingBlock, StreamBreak
 from pipeline import params
 from pipeline.events import CaptionEvent, EventTracker
 from pipeline.window import RollingWindow
@@ -115,6 +115,8 @@ class CaptionChain:
     def feed(self, block: Block) -> list[Output]:
         """Processes one block; returns its window scores and events, in time order."""
         out: list[Output] = []
+        if isinstance(block, StreamBreak):
+            return self.end_stream(block.available)
         if block.stream != self._stream:
             if self._stream is not None:
                 out += self.end_stream(block.available)

@@ -32,7 +32,7 @@ import numpy as np
 from daemon.chain import CaptionChain, WindowScores
 from daemon.config import Config
 from daemon.sdnotify import Notifier
-from daemon.sources import AudioBlock, Block, Source
+from daemon.sources import AudioBlock, Block, EmbeddingBlock, Source
 from pipeline import captions, params
 from pipeline.events import CaptionEvent
 
@@ -50,7 +50,9 @@ def block_seconds(block: Block) -> float:
     """Audio time a block covers."""
     if isinstance(block, AudioBlock):
         return block.samples.shape[0] / block.sample_rate
-    return block.embeddings.shape[0] * params.EMBEDDING_SECONDS
+    if isinstance(block, EmbeddingBlock):
+        return block.embeddings.shape[0] * params.EMBEDDING_SECONDS
+    return 0.0
 
 
 class ChainTimer:

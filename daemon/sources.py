@@ -78,7 +78,18 @@ class EmbeddingBlock:
     stream: int
 
 
-Block = Union[AudioBlock, EmbeddingBlock]
+@dataclass(frozen=True)
+class StreamBreak:
+    """The audio stopped (device failed or vanished): end what is open now.
+
+    Attributes:
+      available: wall-clock time the break was noticed.
+    """
+
+    available: float
+
+
+Block = Union[AudioBlock, EmbeddingBlock, StreamBreak]
 
 
 class Source(Protocol):
@@ -419,8 +430,9 @@ class MicSource:
         except Exception as exc:  # pragma: no cover - depends on the host
             _LOGGER.debug("PortAudio re-initialisation failed: %s", exc)
 
-    def blocks(self, stop: threading.Event) -> Iterator[AudioBlock]:
-        """Yields captured blocks forever (until ``stop``), re-opening on failure."""
+    def blocks(self, stop: threading.Event) -> Iterator[AudioBlock | StreamBreak]:
+        """Yields captured blocks forever (until ``stop``), re-opening on failure; a
+        :class:`StreamBreak` marks each failure."""
         backoff = self.config.retry_min_s
         stall_s = max(2.0, 20 * self.config.block_s)
         first_s = max(5.0, stall_s)  # opening a suspended source can take a while
@@ -447,6 +459,7 @@ class MicSource:
             _LOGGER.info("capturing from %s at %d Hz, %d channel(s)", self.name, self.sample_rate, self.channels)
             last = time.monotonic()
             limit = first_s
+            broken = False
             # Warm-up: drop blocks until the audio clock has run steadily (stamps
             # following the sample count) for MIC_WARMUP_SECONDS, at most 5x that.
             steady, expected = 0, None
@@ -476,12 +489,15 @@ class MicSource:
                 self._failures += 1
                 self.state = "retrying"
                 _LOGGER.warning("audio input %s failed: %s; re-opening with back-off", self.name, exc)
+                broken = True
             finally:
                 try:
                     stream.abort(ignore_errors=True)
                     stream.close(ignore_errors=True)
                 except Exception:  # the device may already be gone
                     pass
+            if broken:
+                yield StreamBreak(time.time())  # captions open now end where the audio did
             if not stop.is_set() and self._failures:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.config.retry_max_s)

@@ -167,3 +167,21 @@ def test_broker_outage_mid_stream_delivers_everything_in_order(
     deduped = [e for i, e in enumerate(got) if e not in got[:i]]
     assert deduped == want
     assert mqtt_sink.stats()["mqtt_dropped"] == 0
+
+
+def test_stream_break_ends_open_captions_where_the_audio_stopped(bal_train_dir, classifier):
+    from daemon.sources import EmbeddingBlock, StreamBreak
+    from daemon.tfrecord import iter_clips, list_tfrecords
+    from pipeline.events import CaptionEvent
+
+    clip = next(iter_clips(list_tfrecords(bal_train_dir)[:1]))
+    # Thresholds of zero: every class is on from the first windows.
+    tracker = EventTracker(classifier.classes, {c: 0.0 for c in classifier.classes}, min_duration=0.0, hold=0.0)
+    chain = CaptionChain(classifier, tracker)
+    out = chain.feed(EmbeddingBlock(clip.embeddings, 1000.0, 0.0, 1))
+    assert [o.type for o in out if isinstance(o, CaptionEvent)] == ["start"] * 4
+    ends = [o for o in chain.feed(StreamBreak(5.0)) if isinstance(o, CaptionEvent)]
+    assert [(e.type, e.end) for e in ends] == [("end", 1000.0 + clip.embeddings.shape[0] * 0.96)] * 4
+    # The next block starts a new stream: a fresh window, new events.
+    again = chain.feed(EmbeddingBlock(clip.embeddings[:2], 2000.0, 0.0, 2))
+    assert [o.type for o in again if isinstance(o, CaptionEvent)] == ["start"] * 4
