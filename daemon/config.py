@@ -15,12 +15,17 @@ import dataclasses
 import os
 import re
 import socket
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline import params
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the tomli backport
+    import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = Path("/etc/audiocap/audiocap.toml")
 """Read when it exists and no ``--config`` is given."""
