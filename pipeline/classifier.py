@@ -1,8 +1,8 @@
 """Loads a classifier bundle and scores 10-second windows of embeddings.
 
 A bundle is a directory with ``metadata.json``, ``model.keras`` and
-``model.tflite`` (optionally ``seconds.keras``/``seconds.tflite`` for
-per-second scores), written by ``audiocap-train export``. The bundle shipped
+``model.tflite`` (optionally ``seconds.tflite`` for per-second scores, used by
+both runtimes), written by ``audiocap-train export``. The bundle shipped
 with the package lives in ``pipeline/models/<name>/`` and is what
 ``load_classifier()`` loads with no argument.
 
@@ -29,7 +29,6 @@ _LOGGER = logging.getLogger(__name__)
 METADATA_NAME = "metadata.json"
 KERAS_NAME = "model.keras"
 TFLITE_NAME = "model.tflite"
-SECONDS_KERAS_NAME = "seconds.keras"
 SECONDS_TFLITE_NAME = "seconds.tflite"
 BUNDLE_FORMAT = 1
 RUNTIMES = ("auto", "litert", "keras")
@@ -200,9 +199,9 @@ class Classifier:
 
         Returns:
           float32 ``[B, 10, len(classes)]`` in [0, 1]: how much each second
-          sounds like each class. The window score is an attention-weighted
-          mean of these, so a high window score has high seconds where the
-          sound is.
+          sounds like each class (the attention members' per-second scores;
+          their window score is an attention-weighted mean of these). Both
+          runtimes run the bundle's ``seconds.tflite``.
 
         Raises:
           NotImplementedError: the bundle has no per-second model.
@@ -210,8 +209,15 @@ class Classifier:
         if not self.has_seconds:
             raise NotImplementedError(f"bundle {self.path} has no per-second model")
         if self._seconds_fn is None:
-            key, default = ("tflite", SECONDS_TFLITE_NAME) if self.runtime == "litert" else ("keras", SECONDS_KERAS_NAME)
-            self._seconds_fn = self._load(str(self.metadata["seconds"].get(key, default)))
+            from pipeline.tflite import TFLiteModel
+
+            file = self.path / str(self.metadata["seconds"].get("tflite", SECONDS_TFLITE_NAME))
+            if not file.is_file():
+                raise BundleNotFoundError(f"classifier bundle {self.path} lacks {file.name}; {_HOW_TO_GET}")
+            try:
+                self._seconds_fn = TFLiteModel(file, num_threads=self._num_threads)
+            except ValueError as exc:
+                raise BundleError(f"{file}: {exc}; {_HOW_TO_GET}") from None
         x = self._check(windows)
         if x.shape[0] == 0:
             return np.zeros((0, params.WINDOW_EMBEDDINGS, len(self.classes)), np.float32)

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--aux-weight", type=float, default=d.aux_weight,
                    help="attention_mil: weight of the 527-label auxiliary loss (0: none)")
     f.add_argument("--ensemble", type=int, default=d.ensemble, help="average N seeded models")
+    f.add_argument("--members", default=d.members,
+                   help="mixed ensemble, e.g. attention_mil*2,mean_mlp*2 (overrides --model/--ensemble)")
     f.add_argument("--epochs", type=int, default=d.epochs)
     f.add_argument("--batch-size", type=int, default=d.batch_size)
     f.add_argument("--learning-rate", type=float, default=d.learning_rate)
@@ -107,7 +109,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         mapping=args.mapping, positives_only=args.positives_only, short=args.short, split=args.split,
         val_fraction=args.val_fraction, oversample=args.oversample, class_weights=args.class_weights,
         loss=args.loss, normalise=args.normalise, last_pool=args.last_pool, hidden=args.hidden,
-        dropout=args.dropout, aux_weight=args.aux_weight, ensemble=args.ensemble, epochs=args.epochs,
+        dropout=args.dropout, aux_weight=args.aux_weight, ensemble=args.ensemble, members=args.members, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, strategy=args.strategy,
         select_best=args.select_best, verbose=0 if args.quiet else 1,
         extra={"command": " ".join(["audiocap-train", *sys.argv[1:]])},

@@ -1,7 +1,7 @@
 """Writing the model bundle the daemon loads (``metadata.json``, ``model.keras``, ``model.tflite``).
 
-A bundle may also hold ``seconds.keras`` / ``seconds.tflite``: the same
-network's per-second scores ``[B, 10, 4]`` (``metadata["seconds"]`` says so).
+A bundle may also hold ``seconds.tflite``: the same network's per-second
+scores ``[B, 10, 4]`` (``metadata["seconds"]`` says so).
 The TFLite files are checked against Keras on the way out: they must agree to
 ``PARITY_TOLERANCE``.
 """
@@ -25,7 +25,6 @@ from pipeline.classifier import (
     BUNDLE_FORMAT,
     KERAS_NAME,
     METADATA_NAME,
-    SECONDS_KERAS_NAME,
     SECONDS_TFLITE_NAME,
     TFLITE_NAME,
 )
@@ -123,11 +122,11 @@ def write_bundle(
         diff = check_parity(model, tmp / TFLITE_NAME, parity_inputs)
         meta_seconds = None
         if seconds_model is not None:
-            seconds_model.save(tmp / SECONDS_KERAS_NAME)
+            # Only the TFLite file: both runtimes score seconds with it, and
+            # a second Keras copy of the same weights would double the bundle.
             to_tflite(seconds_model, tmp / SECONDS_TFLITE_NAME)
             check_parity(seconds_model, tmp / SECONDS_TFLITE_NAME, parity_inputs)
             meta_seconds = {
-                "keras": SECONDS_KERAS_NAME,
                 "tflite": SECONDS_TFLITE_NAME,
                 "output": f"float32 [B, {params.WINDOW_EMBEDDINGS}, {len(class_map.names)}]: each second's score",
             }

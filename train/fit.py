@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,7 +71,9 @@ class FitConfig:
     aux_weight: float = 1.0
     """attention_mil: weight of the 527-label auxiliary loss (0 drops the head)."""
     ensemble: int = 1
-    """attention_mil: average this many independently seeded models."""
+    """Average this many independently seeded models of ``model``."""
+    members: str = ""
+    """Ensemble of mixed models, e.g. ``attention_mil*2,mean_mlp*2`` (overrides model/ensemble)."""
     epochs: int = 4
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -82,6 +84,20 @@ class FitConfig:
     """Keep the epoch with the best validation mAP (else the last)."""
     verbose: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def member_models(self) -> list[str]:
+        """The model name of every ensemble member, in training order."""
+        if not self.members.strip():
+            return [self.model] * self.ensemble
+        out = []
+        for part in self.members.split(","):
+            name, _, count = part.strip().partition("*")
+            try:
+                n = int(count) if count else 1
+            except ValueError:
+                n = 0
+            out.extend([name] * n if n > 0 else ["<bad count>"])
+        return out
 
     def validate(self) -> None:
         """Raises ValueError naming the bad option."""
@@ -95,6 +111,8 @@ class FitConfig:
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.ensemble >= 1, "ensemble must be >= 1"),
+            (all(m in models.MODEL_NAMES for m in self.member_models()),
+             f"members must be model names from {models.MODEL_NAMES}, e.g. attention_mil*2,mean_mlp*2"),
             (self.loss == "binary" or self.positives_only,
              "categorical/sparse losses need --positives-only (softmax cannot say 'none of the four')"),
             (self.loss == "binary" or self.model.startswith("paper"), "only the paper models take categorical/sparse losses"),
@@ -393,7 +411,7 @@ def _ensemble(members: Sequence[Any], output: str) -> Any:
     if len(members) == 1:
         return models.serving_model(members[0], output)
     inp = keras.Input((params.WINDOW_EMBEDDINGS, params.EMBEDDING_SIZE), dtype="uint8", name="embeddings")
-    outs = [models.serving_model(m, output)(inp) for m in members]
+    outs = [models.serving_model(m, output, name=f"member{i}_{m.name}_{output}")(inp) for i, m in enumerate(members)]
     return keras.Model(inp, keras.layers.Average(name=output)(outs), name=f"ensemble_{output}")
 
 
@@ -420,14 +438,20 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         raise data_mod.DataError(f"no usable clips in {cfg.data}")
     prep = prepare(cfg, clips, class_map, stats)
     t_data = time.monotonic() - t0
-    members, histories, best_epochs = [], [], []
-    for k in range(cfg.ensemble):
-        model, hist, best_epoch = train_one(cfg, prep, class_map, cfg.seed + k, strategy)
+    members, histories, best_epochs, member_info = [], [], [], []
+    for k, name in enumerate(cfg.member_models()):
+        member_cfg = replace(cfg, model=name)
+        model, hist, best_epoch = train_one(member_cfg, prep, class_map, cfg.seed + k, strategy)
         members.append(model)
         histories.append(hist)
         best_epochs.append(best_epoch)
+        m_scores = _window_scores(model, prep.x_val)
+        member_info.append({"model": name, "seed": cfg.seed + k, "best_epoch": best_epoch,
+                            "val_mAP": float(np.nanmean(ev.average_precisions(prep.y_val, m_scores)))})
+        _LOGGER.info("member %d (%s): validation mAP %.4f", k + 1, name, member_info[-1]["val_mAP"])
     window = _ensemble(members, "classes")
-    seconds = _ensemble(members, "seconds") if cfg.model == "attention_mil" else None
+    with_seconds = [m for m, name in zip(members, cfg.member_models()) if name == "attention_mil"]
+    seconds = _ensemble(with_seconds, "seconds") if with_seconds else None
     t_train = time.monotonic() - t0 - t_data
     scores = _window_scores(window, prep.x_val)
     thresholds = ev.calibrate_thresholds(prep.y_val, scores, class_map.names)
@@ -458,6 +482,7 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         "class_map": class_map.to_metadata(),
         "label_mapping": class_map.mapping,
         "best_epochs": best_epochs,
+        "members": member_info,
         "seconds": {"data": round(t_data, 2), "train": round(t_train, 2)},
         "tensorflow": tf.__version__,
     }

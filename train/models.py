@@ -185,7 +185,7 @@ def mean_mlp(
     return keras.Model(inp, out, name="mean_mlp")
 
 
-def serving_model(model: Any, output: str = "classes") -> Any:
+def serving_model(model: Any, output: str = "classes", name: str | None = None) -> Any:
     """A single-output view of ``model`` (shares its weights): uint8 [B,10,128] -> output."""
     import keras
 
@@ -199,7 +199,7 @@ def serving_model(model: Any, output: str = "classes") -> Any:
     else:
         names = [o.name.split("/")[0] for o in outs]
         out = outs[names.index(output)]
-    return keras.Model(model.inputs[0], out, name=f"{model.name}_{output}")
+    return keras.Model(model.inputs[0], out, name=name or f"{model.name}_{output}")
 
 
 def build(name: str, **kwargs: Any) -> Any:

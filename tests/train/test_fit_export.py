@@ -42,7 +42,7 @@ def test_run_directory(small_run):
     assert len(hist["val_map"]) == 4 and len(hist["loss"]) == 4
 
 
-def test_bundle_runtimes_agree(small_bundle, small_data):
+def test_bundle_runtimes_agree(small_bundle, small_run, small_data):
     meta = json.loads((small_bundle / "metadata.json").read_text())
     for key in ("name", "version", "classes", "input", "thresholds", "metrics", "training", "created"):
         assert key in meta, key
@@ -50,6 +50,7 @@ def test_bundle_runtimes_agree(small_bundle, small_data):
     assert [c["name"] for c in meta["classes"]] == list(params.CLASS_NAMES)
     assert meta["classes"][0] == {"name": "Speech", "mid": "/m/09x0r", "label_indices": [0, 1]}
     assert "split" in meta["metrics"] and meta["training"]["model"] == "attention_mil"
+    assert sorted(p.name for p in small_bundle.iterdir()) == ["metadata.json", "model.keras", "model.tflite", "seconds.tflite"]
     clips, _ = data.load_clips(small_data["data"], num_labels=10)
     lite = classifier.load_classifier(small_bundle, runtime="litert")
     ker = classifier.load_classifier(small_bundle, runtime="keras")
@@ -59,8 +60,15 @@ def test_bundle_runtimes_agree(small_bundle, small_data):
     assert a.shape == (len(clips), 4) and a.dtype == np.float32
     assert np.max(np.abs(a - b)) < 1e-4
     assert np.all((a >= 0) & (a <= 1))
+    import keras
+
+    seconds_keras = keras.saving.load_model(small_run / "seconds.keras", compile=False)
     s1, s2 = lite.predict_seconds(clips.x[:20]), ker.predict_seconds(clips.x[:20])
-    assert s1.shape == (20, 10, 4) and np.max(np.abs(s1 - s2)) < 1e-4
+    ref = seconds_keras.predict(clips.x[:20], verbose=0)
+    assert s1.shape == (20, 10, 4) and np.max(np.abs(s1 - ref)) < 1e-4 and np.max(np.abs(s2 - ref)) < 1e-4
+    # The window score of an attention model lies within its seconds' range.
+    w = ker.predict(clips.x[:20])
+    assert np.all(w <= ref.max(axis=1) + 1e-5) and np.all(w >= ref.min(axis=1) - 1e-5)
     assert lite.predict(clips.x[0]).shape == (1, 4)
     with pytest.raises(ValueError, match=r"\[B, 10, 128\]"):
         lite.predict(np.zeros((2, 9, 128), np.uint8))
@@ -104,6 +112,18 @@ def test_bad_bundles_say_what_is_wrong(tmp_path, small_bundle):
         classifier.load_classifier(partial, runtime="litert")
     with pytest.raises(ValueError, match="runtime"):
         classifier.load_classifier(small_bundle, runtime="onnx")
+
+
+def test_mixed_ensemble(small_data, tmp_path):
+    cfg = fit_mod.FitConfig(data=[str(small_data["data"])], out=str(tmp_path / "ens"), hidden=16, epochs=1,
+                            members="attention_mil*2,mean_mlp", verbose=0)
+    assert cfg.member_models() == ["attention_mil", "attention_mil", "mean_mlp"]
+    run = fit_mod.fit(cfg)
+    info = json.loads((run / "metrics.json").read_text())
+    assert [m["model"] for m in info["members"]] == cfg.member_models()
+    assert (run / "seconds.keras").is_file()
+    with pytest.raises(ValueError, match="members"):
+        fit_mod.FitConfig(data=["x"], out="y", members="attention_mil*two").validate()
 
 
 def test_export_refuses_a_non_run(tmp_path):
