@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--markdown", help="also write the table into this markdown file (between markers)")
     g.add_argument("--full", action="store_true", help="the full factorial grid (36 settings) instead of one factor at a time")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--summarize-only", action="store_true",
+                   help="train nothing: rebuild results, table and chart from the runs in OUT/runs")
     _add_data_options(g)
     g.set_defaults(mapping="direct")
 
@@ -140,7 +142,7 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
 
     run_grid(args.data, args.out, epochs=args.epochs, limit=args.limit, protocols=args.protocols,
              labels_csv=args.labels_csv, ontology=args.ontology, mapping=args.mapping, short=args.short,
-             markdown=args.markdown, full=args.full, seed=args.seed)
+             markdown=args.markdown, full=args.full, seed=args.seed, summarize_only=args.summarize_only)
     return 0
 
 
