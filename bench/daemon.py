@@ -123,9 +123,62 @@ def _median_thresholds(models, wav: Path, seconds: float) -> dict[str, float]:
     return {c: float(np.median(s[:, i])) for i, c in enumerate(models.classes)}
 
 
+def _run(models, wav: Path, port: int, thresholds: dict[str, float], realtime: bool, workdir: Path) -> dict:
+    """One run of the daemon's Service over ``wav``; returns what was measured."""
+    from daemon.chain import CaptionChain
+    from daemon.config import load_config
+    from daemon.mqtt import MqttSink
+    from daemon.service import Service
+    from daemon.sinks import SinkContext, StdoutSink
+    from daemon.sources import FileSource
+    from pipeline.events import EventTracker
+
+    conf = workdir / "audiocap.toml"
+    conf.write_text(f"[daemon]\nnode = \"bench\"\nexit_at_end = true\n"
+                    f"[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nscores = true\n")
+    config = load_config(conf)
+    tracker = EventTracker(models.classes, thresholds, {c: 0.95 * v for c, v in thresholds.items()},
+                           min_duration=0.9, hold=0.9)
+    source = FileSource(str(wav), realtime=realtime)
+    source.open()
+    ctx = SinkContext("bench", source.name, models.model_id, models.classes, tracker.caption_texts())
+    mqtt_sink = MqttSink(config.mqtt, ctx)
+    service = Service(config, source, CaptionChain(models.classifier, tracker, models.make_embedder),
+                      [mqtt_sink, StdoutSink(ctx, io.StringIO())], handle_signals=False)
+    rss: list[tuple[float, float]] = []  # (audio seconds processed, RSS MiB)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            rss.append((service.counts["audio_s"], _rss_mib()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    load_before = os.getloadavg()[0]
+    t0, cpu0 = time.monotonic(), time.process_time()
+    code = service.run()
+    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    done.set()
+    sampler.join()
+    rss.append((service.counts["audio_s"], _rss_mib()))
+    return {
+        "code": code, "wall": wall, "cpu": cpu, "audio_s": service.counts["audio_s"],
+        "events": service.counts["events"], "proc": list(service.timer.samples), "rss": rss,
+        "lat": [1000 * x for x in mqtt_sink.latencies()], "blat": [1000 * x for x in mqtt_sink.broker_latencies()],
+        "dropped": mqtt_sink.counters["dropped"], "load": (load_before, os.getloadavg()[0]),
+    }
+
+
+def _pcts(values: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
+    from daemon.service import percentile
+
+    return {f"p{q}": (round(percentile(values, q), 1) if values else None) for q in qs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=600.0, help="audio to process (default 600 = 10 minutes)")
+    ap.add_argument("--seconds", type=float, default=600.0, help="audio for the fast run (default 600 = 10 minutes)")
+    ap.add_argument("--latency-seconds", type=float, default=60.0, help="audio for the real-time latency run")
     ap.add_argument("--runtime", choices=("tensorflow", "litert"), default="tensorflow")
     ap.add_argument("--vggish", help="VGGish source (default: a random-weight checkpoint written here)")
     ap.add_argument("--pca", default=str(REPO.parent / "shared" / "vggish" / "vggish_pca_params.npz"))
@@ -135,14 +188,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from daemon.chain import CaptionChain
-    from daemon.config import ModelConfig, load_config
+    from daemon.config import ModelConfig
     from daemon.models import build_models
-    from daemon.mqtt import MqttSink
-    from daemon.service import Service, percentile
-    from daemon.sinks import SinkContext, StdoutSink
-    from daemon.sources import FileSource
-    from pipeline.events import EventTracker
 
     workdir = Path(tempfile.mkdtemp(prefix="audiocap-bench-"))
     broker = None
@@ -156,6 +203,7 @@ def main() -> None:
             vggish_note = "random weights (seed 0) written as a TF1 checkpoint by tests/helpers.py"
         print(f"generating {args.seconds:.0f} s of 44.1 kHz stereo audio ...", flush=True)
         wav = _make_audio(args.seconds, workdir / "bench.wav", workdir)
+        short = _make_audio(args.latency_seconds, workdir / "latency.wav", workdir)
         models = build_models(ModelConfig(vggish=args.vggish, pca=args.pca, classifier=args.classifier,
                                           runtime=args.runtime))
         thresholds = _median_thresholds(models, wav, 60.0)
@@ -163,79 +211,61 @@ def main() -> None:
             port = args.mqtt_port
         else:
             broker, port = _start_broker(workdir)
-        conf = workdir / "audiocap.toml"
-        conf.write_text(f"[daemon]\nnode = \"bench\"\nexit_at_end = true\npace = \"fast\"\n"
-                        f"[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nscores = true\n")
-        config = load_config(conf)
-        tracker = EventTracker(models.classes, thresholds, {c: 0.95 * v for c, v in thresholds.items()},
-                               min_duration=0.9, hold=0.9)
-        source = FileSource(str(wav), realtime=False)
-        source.open()
-        ctx = SinkContext("bench", source.name, models.model_id, models.classes, tracker.caption_texts())
-        mqtt_sink = MqttSink(config.mqtt, ctx)
-        sink_out = io.StringIO()
-        service = Service(config, source, CaptionChain(models.classifier, tracker, models.make_embedder),
-                          [mqtt_sink, StdoutSink(ctx, sink_out)], handle_signals=False)
-        rss: list[tuple[float, float]] = []  # (audio seconds processed, RSS MiB)
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.5):
-                rss.append((service.counts["audio_s"], _rss_mib()))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        print(f"running {args.seconds:.0f} s of audio through the daemon's service ({args.runtime}) ...", flush=True)
-        t0 = time.monotonic()
-        code = service.run()
-        wall = time.monotonic() - t0
-        done.set()
-        sampler.join()
-        rss.append((service.counts["audio_s"], _rss_mib()))
+        print(f"fast run: {args.seconds:.0f} s of audio through the daemon's service ({args.runtime}) ...", flush=True)
+        fast = _run(models, wav, port, thresholds, realtime=False, workdir=workdir)
+        print(f"real-time run: {args.latency_seconds:.0f} s of audio, blocks as a microphone delivers them ...",
+              flush=True)
+        live = _run(models, short, port, thresholds, realtime=True, workdir=workdir)
     finally:
         if broker is not None:
             broker.terminate()
             broker.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    proc = list(service.timer.samples)
-    lat = [1000 * x for x in mqtt_sink.latencies()]
+    rss = fast["rss"]
     after = [m for a, m in rss if a >= args.warmup]
     base = after[0] if after else float("nan")
     tail = [m for a, m in rss if a >= args.seconds * 0.9]
     figures = {
-        "audio_s": round(service.counts["audio_s"], 1),
-        "wall_s": round(wall, 1),
         "runtime": args.runtime,
         "vggish": vggish_note,
         "classifier": models.model_id,
-        "chain_ms_per_audio_s": {q: round(percentile(proc, float(q[1:])), 1) for q in ("p50", "p95", "p99")},
-        "chain_samples": len(proc),
-        "caption_edges": service.counts["events"],
-        "publish_latency_ms": {q: round(percentile(lat, float(q[1:])), 1) if lat else None for q in ("p50", "p95")},
-        "latency_samples": len(lat),
-        "mqtt_dropped": mqtt_sink.counters["dropped"],
+        "fast_run": {"audio_s": round(fast["audio_s"], 1), "wall_s": round(fast["wall"], 1),
+                     "loadavg_1min_before_after": [round(x, 2) for x in fast["load"]]},
+        "chain_ms_per_audio_s": _pcts(fast["proc"], (50, 95, 99)),
+        "chain_samples": len(fast["proc"]),
+        "cpu_ms_per_audio_s_mean": round(1000 * fast["cpu"] / max(fast["audio_s"], 1e-9), 1),
+        "live_chain_ms_per_audio_s": _pcts(live["proc"], (50, 95, 99)),
+        "publish_latency_ms": _pcts(live["lat"], (50, 95)),
+        "publish_to_puback_ms": _pcts(live["blat"], (50, 95)),
+        "latency_samples": len(live["lat"]),
+        "live_loadavg_1min_before_after": [round(x, 2) for x in live["load"]],
+        "fast_publish_latency_ms": _pcts(fast["lat"], (50, 95)),
+        "mqtt_dropped": fast["dropped"] + live["dropped"],
         "rss_mib": {
             "after_warmup": round(base, 1),
             "peak": round(max(m for _, m in rss), 1),
             "end": round(rss[-1][1], 1),
-            "growth_after_warmup": round((np.mean(tail) if tail else rss[-1][1]) - base, 1),
+            "growth_after_warmup": round((float(np.mean(tail)) if tail else rss[-1][1]) - base, 1),
         },
-        "exit_code": code,
+        "exit_codes": [fast["code"], live["code"]],
     }
+    c, lc = figures["chain_ms_per_audio_s"], figures["live_chain_ms_per_audio_s"]
+    p, b, r = figures["publish_latency_ms"], figures["publish_to_puback_ms"], figures["rss_mib"]
     print()
-    print(f"audiocapd benchmark: {figures['audio_s']:.0f} s of 44.1 kHz stereo audio in {figures['wall_s']:.0f} s "
-          f"({args.runtime} runtime, {os.cpu_count()} CPUs)")
+    print(f"audiocapd benchmark ({args.runtime} runtime, {os.cpu_count()} CPUs, 44.1 kHz stereo input)")
     print(f"  VGGish: {vggish_note}")
-    c = figures["chain_ms_per_audio_s"]
-    print(f"  chain time per second of audio: p50 {c['p50']} ms, p95 {c['p95']} ms, p99 {c['p99']} ms "
-          f"({len(proc)} one-second samples)")
-    p = figures["publish_latency_ms"]
-    print(f"  block end -> PUBACK of caption events: p50 {p['p50']} ms, p95 {p['p95']} ms ({len(lat)} events, "
-          f"{figures['mqtt_dropped']} dropped)")
-    r = figures["rss_mib"]
-    print(f"  RSS: {r['after_warmup']} MiB after {args.warmup:.0f} s warm-up, peak {r['peak']} MiB, "
-          f"end {r['end']} MiB, growth over the last 10% vs warm-up {r['growth_after_warmup']:+.1f} MiB")
+    print(f"  machine load (1-min average) during the fast run: {fast['load'][0]:.2f} -> {fast['load'][1]:.2f}, "
+          f"real-time run: {live['load'][0]:.2f} -> {live['load'][1]:.2f} (other sessions' work inflates wall times)")
+    print(f"  chain time per second of audio, fast run ({fast['audio_s']:.0f} s in {fast['wall']:.0f} s): "
+          f"p50 {c['p50']} ms, p95 {c['p95']} ms, p99 {c['p99']} ms ({len(fast['proc'])} one-second samples)")
+    print(f"  chain time per second of audio, real-time run: p50 {lc['p50']} ms, p95 {lc['p95']} ms, p99 {lc['p99']} ms")
+    print(f"  CPU time of the whole process per second of audio, fast run (mean): {figures['cpu_ms_per_audio_s_mean']} ms")
+    print(f"  end of audio block -> PUBACK of its caption event, real-time run: p50 {p['p50']} ms, p95 {p['p95']} ms "
+          f"({len(live['lat'])} events); of which publish -> PUBACK: p50 {b['p50']} ms, p95 {b['p95']} ms")
+    print(f"  RSS over the fast run: {r['after_warmup']} MiB after {args.warmup:.0f} s of audio, peak {r['peak']} MiB, "
+          f"end {r['end']} MiB; last 10% vs after warm-up {r['growth_after_warmup']:+.1f} MiB")
+    print(f"  MQTT messages dropped: {figures['mqtt_dropped']}")
     print(json.dumps(figures))
 
 

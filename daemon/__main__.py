@@ -172,7 +172,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         classes=models.classes,
         captions=tracker.caption_texts(),
     )
-    sinks = make_sinks(config, ctx)
+    try:
+        sinks = make_sinks(config, ctx)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad CA/cert/key file
+        where = config.path or "the configuration"
+        return _fail(f"{where}: [mqtt] cannot set up TLS: {exc}", EX_CONFIG)
 
     from daemon.service import Service
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -60,7 +61,7 @@ class MqttSink:
         self.base = f"{config.prefix}/{ctx.node}"
         self.status_topic = f"{self.base}/status"
         self._lock = threading.Condition()
-        self._unacked: dict[int, tuple[str, float]] = {}  # mid -> (topic, origin)
+        self._unacked: dict[int, tuple[str, float, float]] = {}  # mid -> (topic, origin, publish time)
         self._early_acks: set[int] = set()  # PUBACKs that beat the registration of their mid
         self._qos0_mids: set[int] = set()  # QoS 0 messages paho has not written yet
         self._state = {name: False for name in ctx.classes}
@@ -69,6 +70,7 @@ class MqttSink:
         self._outage_logged = False
         self._closing = False
         self._latencies: collections.deque[float] = collections.deque(maxlen=params.METRICS_HISTORY)
+        self._broker_latencies: collections.deque[float] = collections.deque(maxlen=params.METRICS_HISTORY)
         self.counters = {"published": 0, "acked": 0, "dropped": 0, "scores_skipped": 0, "connects": 0}
         self.client = self._make_client()
 
@@ -101,7 +103,17 @@ class MqttSink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
         return client
+
+    @staticmethod
+    def _on_socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # A caption is an event then a state message, written back to back: with
+        # Nagle's algorithm the second waits for the broker's delayed ACK (40 ms).
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
+            pass
 
     def start(self) -> None:
         """Starts connecting in the background (never blocks on the broker)."""
@@ -124,7 +136,7 @@ class MqttSink:
         with self._lock:
             self._connected = True
             self.counters["connects"] += 1
-            pending_states = {topic for topic, _ in self._unacked.values() if "/state/" in topic}
+            pending_states = {topic for topic, _, _ in self._unacked.values() if "/state/" in topic}
         if self._outage_logged or not self._ever_connected:
             _LOGGER.info("connected to MQTT broker %s:%d", self.config.host, self.config.effective_port)
         self._ever_connected = True
@@ -171,11 +183,12 @@ class MqttSink:
                     self._early_acks.clear()
                 self._early_acks.add(mid)
 
-    def _ack(self, item: tuple[str, float], now: float) -> None:
-        topic, origin = item
+    def _ack(self, item: tuple[str, float, float], now: float) -> None:
+        topic, origin, published = item
         self.counters["acked"] += 1
         if origin > 0:
             self._latencies.append(now - origin)
+            self._broker_latencies.append(now - published)
         if not self._unacked:
             self._lock.notify_all()
 
@@ -193,6 +206,7 @@ class MqttSink:
 
     def _publish(self, topic: str, payload: str, qos: int, retain: bool = False, origin: float = 0.0) -> bool:
         """Hands one message to paho; QoS 1 ones are tracked until PUBACK."""
+        published = time.time()
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             self.counters["dropped"] += 1
@@ -215,9 +229,9 @@ class MqttSink:
         with self._lock:
             if info.mid in self._early_acks:
                 self._early_acks.discard(info.mid)
-                self._ack((topic, origin), time.time())
+                self._ack((topic, origin, published), time.time())
             else:
-                self._unacked[info.mid] = (topic, origin)
+                self._unacked[info.mid] = (topic, origin, published)
         return True
 
     def _publish_discovery(self) -> None:
@@ -317,6 +331,11 @@ class MqttSink:
         """Recent latencies from the end of the audio block behind a caption event to its PUBACK, seconds."""
         with self._lock:
             return list(self._latencies)
+
+    def broker_latencies(self) -> list[float]:
+        """Recent latencies from handing a caption event to paho to its PUBACK, seconds."""
+        with self._lock:
+            return list(self._broker_latencies)
 
     def stats(self) -> dict[str, Any]:
         """Counters for the metrics message."""

@@ -127,6 +127,10 @@ class Service:
                 self._busy_since = time.monotonic()
                 t = time.perf_counter()
                 self._dispatch(self.chain.feed(block))
+                if all(getattr(sink, "failed", False) for sink in self.sinks):
+                    _LOGGER.error("every sink has failed (e.g. stdout was closed); stopping")
+                    self.stop_event.set()
+                    self._wake.set()
                 audio_s = block_seconds(block)
                 self.timer.add(audio_s, time.perf_counter() - t)
                 self.counts["blocks"] += 1

@@ -77,7 +77,8 @@ class StdoutSink:
         self.ctx = ctx
         self.stream = stream if stream is not None else sys.stdout
         self.written = 0
-        self._broken = False
+        self.failed = False
+        """True once stdout is gone (a closed pipe): nothing more can be written."""
 
     def start(self) -> None:
         """Nothing to open."""
@@ -87,7 +88,7 @@ class StdoutSink:
 
     def on_event(self, event: CaptionEvent) -> None:
         """Writes the caption payload as one line."""
-        if self._broken:
+        if self.failed:
             return
         line = captions.dumps(captions.event_payload(event, self.ctx.node, self.ctx.source, self.ctx.model))
         try:
@@ -95,7 +96,7 @@ class StdoutSink:
             self.stream.flush()
             self.written += 1
         except (BrokenPipeError, ValueError) as exc:  # reader went away / stream closed
-            self._broken = True
+            self.failed = True
             _LOGGER.warning("stdout is closed (%s); captions are no longer written there", exc)
 
     def on_metrics(self, metrics: dict[str, Any]) -> None:
