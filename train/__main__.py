@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("all", "val", "train"), default="all",
                    help="only the clips of the grouped validation (or training) split")
     e.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    e.add_argument("--short", choices=("skip", "pad"), default="skip")
+    e.add_argument("--short", choices=("skip", "pad"), default=None,
+                   help="short clips: skip or pad (default: as the bundle was trained)")
 
     x = sub.add_parser("export", help="write a model bundle from a run directory")
     x.add_argument("--run", required=True, help="run directory written by fit")

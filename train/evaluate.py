@@ -248,7 +248,7 @@ def evaluate_bundle(
     runtime: str = "keras",
     split: str = "all",
     val_fraction: float = 0.2,
-    short: str = "skip",
+    short: str | None = None,
 ) -> dict[str, Any]:
     """Scores tfrecords with a bundle and computes :func:`compute_metrics`.
 
@@ -261,7 +261,8 @@ def evaluate_bundle(
       runtime: ``keras``, ``litert`` or ``auto``.
       split: ``all`` clips, or only the ``val``/``train`` side of the grouped split.
       val_fraction: the grouped split's validation share.
-      short: ``skip`` or ``pad`` short clips.
+      short: ``skip`` or ``pad`` short clips (default: what the bundle was
+        trained with, so its recorded validation metrics reproduce).
 
     Returns:
       The metrics dict plus ``model``, ``data``, ``split``, ``ingest``.
@@ -272,6 +273,8 @@ def evaluate_bundle(
 
     clf = load_classifier(model_dir, runtime=runtime)
     class_map = ClassMap.from_metadata(clf.metadata["classes"])
+    if short is None:
+        short = ((clf.metadata.get("training") or {}).get("hyperparameters") or {}).get("short", "skip")
     clips, stats = data_mod.load_clips(data, short=short, num_labels=params.AUDIOSET_NUM_LABELS)
     if split != "all":
         tr, va = data_mod.grouped_split(clips.video_id, val_fraction)
@@ -287,6 +290,7 @@ def evaluate_bundle(
             "data": [os.fspath(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)],
             "split": split if split == "all" else f"grouped {split} ({val_fraction:.0%} by video_id)",
             "ingest": stats.as_dict(),
+            "short_clips": short,
         }
     )
     return result
