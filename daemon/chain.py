@@ -15,7 +15,7 @@ from typing import Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
-from daemon.sources import AudioBlock, Block, EmbeddingBlock, StreamBreak
+from daemon.sources import AudioBlock, Block, StreamBreak
 from pipeline import params
 from pipeline.events import CaptionEvent, EventTracker
 from pipeline.window import RollingWindow

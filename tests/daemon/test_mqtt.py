@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 
 from daemon.config import MqttConfig
 from daemon.mqtt import MqttSink

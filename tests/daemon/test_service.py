@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
 import threading
 import time
 
-import pytest
 
 import dhelpers
 from daemon.chain import CaptionChain
