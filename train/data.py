@@ -207,6 +207,7 @@ def raw_dataset(
     parallel: int | None = None,
     deterministic: bool = True,
     batch: int = PARSE_BATCH,
+    lossless: bool = True,
 ) -> Any:
     """The streaming reader: batches of parsed clips WITH status codes.
 
@@ -223,10 +224,14 @@ def raw_dataset(
       parallel: files read at once (default 16).
       deterministic: keep a reproducible order.
       batch: records parsed per call.
+      lossless: re-parse a failing batch record by record inside the
+        pipeline (slower). With False a failing batch is dropped and its rows
+        are missing from the ``batch_index`` sequence; :func:`iter_batches`
+        recovers them afterwards (the fast path).
 
     Returns:
-      A ``tf.data.Dataset`` of dicts (see :func:`_parse_batch`), every row
-      with its status.
+      A ``tf.data.Dataset`` of dicts (see :func:`_parse_batch`, plus
+      ``batch_index`` int64 [B]), every row with its status.
     """
     import tensorflow as tf
 
@@ -236,7 +241,14 @@ def raw_dataset(
     ds = tf.data.TFRecordDataset(
         [os.fspath(f) for f in files], buffer_size=256 * 1024, num_parallel_reads=parallel or READ_PARALLEL
     ).ignore_errors()
-    ds = ds.batch(batch)
+    ds = ds.batch(batch).enumerate()
+
+    def parse(i, records):
+        return {**_parse_batch(records, num_labels, short), "batch_index": tf.fill(tf.shape(records)[:1], i)}
+
+    if not lossless:
+        ds = ds.map(parse, num_parallel_calls=autotune, deterministic=deterministic).ignore_errors()
+        return ds.prefetch(autotune)
 
     def one(record):
         good = tf.data.Dataset.from_tensors(record[None]).map(lambda r: _parse_batch(r, num_labels, short))
@@ -245,9 +257,10 @@ def raw_dataset(
                                  "nbytes": tf.cast(tf.strings.length(record), tf.int64)[None] + _RECORD_OVERHEAD})
         return good.ignore_errors().concatenate(bad).take(1)
 
-    def parse_or_fallback(records):
-        fast = tf.data.Dataset.from_tensors(records).map(lambda r: _parse_batch(r, num_labels, short)).ignore_errors()
+    def parse_or_fallback(i, records):
+        fast = tf.data.Dataset.from_tensors((i, records)).map(parse).ignore_errors()
         slow = tf.data.Dataset.from_tensor_slices(records).flat_map(one).unbatch().batch(batch)
+        slow = slow.map(lambda d: {**d, "batch_index": tf.fill(tf.shape(d["status"]), i)})
         return fast.concatenate(slow).take(1)
 
     ds = ds.interleave(parse_or_fallback, cycle_length=2, num_parallel_calls=autotune, deterministic=deterministic)
@@ -273,8 +286,16 @@ def iter_batches(
     st = stats if stats is not None else IngestStats()
     st.files += len(files)
     expected = sum(os.path.getsize(f) for f in files)
+    kwargs = dict(kwargs)
+    batch = int(kwargs.get("batch", PARSE_BATCH))
+    num_labels = int(kwargs.get("num_labels", params.AUDIOSET_NUM_LABELS))
+    short = str(kwargs.get("short", "skip"))
+    kwargs.setdefault("lossless", False)
     consumed = 0
-    for b in raw_dataset(files, **kwargs).as_numpy_iterator():
+    seen_batches: set[int] = set()
+
+    def account(b: dict[str, npt.NDArray]) -> dict[str, npt.NDArray] | None:
+        nonlocal consumed
         status = b["status"]
         consumed += int(b["nbytes"].sum())
         st.records += len(status)
@@ -284,11 +305,26 @@ def iter_batches(
         st.padded += int(np.sum(status == PADDED))
         good = (status == OK) | (status == PADDED)
         st.clips += int(np.sum(good))
-        out = {k: v for k, v in b.items() if k != "nbytes"}
+        out = {k: v for k, v in b.items() if k not in ("nbytes", "batch_index")}
         if np.all(good):
+            return out
+        if np.any(good):
+            return {k: v[good] for k, v in out.items()}
+        return None
+
+    for b in raw_dataset(files, **kwargs).as_numpy_iterator():
+        seen_batches.add(int(b["batch_index"][0]))
+        out = account(b)
+        if out is not None:
             yield out
-        elif np.any(good):
-            yield {k: v[good] for k, v in out.items()}
+    if consumed != expected and not kwargs["lossless"]:
+        # A batch whose parse failed (a record that is not a SequenceExample)
+        # was dropped by the fast path: find the missing batch numbers and
+        # re-parse those batches record by record.
+        for k in _missing_batches(files, batch, seen_batches):
+            out = account(_recover_batch(files, k, batch, num_labels, short, kwargs.get("parallel")))
+            if out is not None:
+                yield out
     if consumed != expected:
         # Some file ended before its bytes did: find which (rare, so the
         # per-file re-read costs nothing in the common case).
@@ -296,6 +332,40 @@ def iter_batches(
         st.corrupt_files = len(st.corrupt_paths)
         for p in st.corrupt_paths[:5]:
             _LOGGER.warning("corrupt or truncated tfrecord (read up to the damage): %s", p)
+
+
+def _record_batches(files: Sequence[Path], batch: int, parallel: int | None) -> Any:
+    import tensorflow as tf
+
+    return tf.data.TFRecordDataset(
+        [os.fspath(f) for f in files], buffer_size=256 * 1024, num_parallel_reads=parallel or READ_PARALLEL
+    ).ignore_errors().batch(batch)
+
+
+def _missing_batches(files: Sequence[Path], batch: int, seen: set[int], parallel: int | None = None) -> list[int]:
+    """Batch numbers the fast path did not deliver."""
+    total = int(_record_batches(files, batch, parallel).reduce(0, lambda n, _: n + 1))
+    return [k for k in range(total) if k not in seen]
+
+
+def _recover_batch(
+    files: Sequence[Path], index: int, batch: int, num_labels: int, short: str, parallel: int | None = None
+) -> dict[str, npt.NDArray]:
+    """Re-reads batch ``index`` and parses it record by record; bad records get BAD_RECORD."""
+    import tensorflow as tf
+
+    records = next(iter(_record_batches(files, batch, parallel).skip(index).take(1)))
+    rows = []
+    for r in records:
+        try:
+            rows.append({k: v.numpy() for k, v in _parse_batch(r[None], num_labels, short).items()})
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+            bad = {k: v.numpy() for k, v in _parse_batch(tf.constant([b""]), num_labels, short).items()}
+            bad["status"] = np.array([BAD_RECORD], np.int32)
+            bad["nbytes"] = np.array([len(r.numpy()) + _RECORD_OVERHEAD], np.int64)
+            rows.append(bad)
+    _LOGGER.warning("batch %d held unparseable records; re-parsed it record by record", index)
+    return {k: np.concatenate([row[k] for row in rows]) for k in rows[0]}
 
 
 def _find_corrupt(files: Sequence[Path]) -> list[str]:

@@ -66,6 +66,12 @@ def test_bad_input_is_counted_and_skipped_never_a_crash(tmp_path):
     assert len(clips) == stats.clips == 10 + 9 + 3 + 2 + 1
     assert stats.records == 10 + 9 + 3 + 3 + 3
 
+    # The streaming (lossless, in-pipeline) path delivers the same clips.
+    from pipeline.labels import ClassMap
+
+    cm = ClassMap(("Speech", "Animal", "Music", "Vehicle"), ("a", "b", "c", "d"), ((0, 1), (2, 3), (4, 5), (6, 7)), 10)
+    assert sum(int(x.shape[0]) for x, _ in data.make_dataset(tmp_path, cm, shuffle=0)) == len(clips)
+
     padded, pstats = data.load_clips(tmp_path, short="pad", num_labels=10)
     assert pstats.padded == 1 and len(padded) == len(clips) + 1
     i = int(np.flatnonzero(padded.frames == 7)[0])
