@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from recordmaker import make_clips, sequence_example, write_clean_dir, write_tfrecord
+from recordmaker import make_clips, sequence_example, write_tfrecord
 
 from train import data
-
-
-def _n_clips(result):
-    clips, stats = result
-    return len(clips), stats
 
 
 def test_reads_every_clip_with_its_fields(tmp_path):
