@@ -136,6 +136,8 @@ class MqttConfig:
                          lo=1, hi=10_000_000)
     reconnect_min_s: int = _f(params.MQTT_RECONNECT_MIN_SECONDS, "First reconnect delay.", lo=1, hi=3600)
     reconnect_max_s: int = _f(params.MQTT_RECONNECT_MAX_SECONDS, "Longest reconnect delay.", lo=1, hi=3600)
+    spool_file: str = _f("", "Where captions undelivered at exit wait for the next start; "
+                            "empty = $STATE_DIRECTORY/mqtt-spool.jsonl under systemd, else none.")
     scores: bool = _f(True, "Publish the per-window scores.")
     discovery: bool = _f(True, "Publish Home Assistant discovery.")
     discovery_prefix: str = _f("homeassistant", "Home Assistant discovery prefix.")

@@ -17,16 +17,21 @@ published while disconnected stay in paho's ordered outgoing queue, bounded by
 ``queue_size``, and are sent in order after the next CONNACK; a message that
 does not fit is counted in ``dropped`` and logged. Delivery is confirmed by
 PUBACK (``on_publish``), which is also where the publish latency is measured.
+Captions and states still unacknowledged when the daemon exits (broker down at
+SIGTERM) are written to a spool file and re-sent first at the next start.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,6 +43,9 @@ from pipeline import captions, params
 from pipeline.events import CaptionEvent
 
 _LOGGER = logging.getLogger(__name__)
+
+SPOOL_NAME = "mqtt-spool.jsonl"
+"""Under systemd, undelivered captions go to ``$STATE_DIRECTORY/mqtt-spool.jsonl``."""
 
 try:
     from importlib.metadata import version as _pkg_version
@@ -61,7 +69,9 @@ class MqttSink:
         self.base = f"{config.prefix}/{ctx.node}"
         self.status_topic = f"{self.base}/status"
         self._lock = threading.Condition()
-        self._unacked: dict[int, tuple[str, float, float]] = {}  # mid -> (topic, origin, publish time)
+        # mid -> (topic, origin, publish time, payload, retain), in publish order
+        self._unacked: dict[int, tuple[str, float, float, str, bool]] = {}
+        self.spool_path = self._spool_path()
         self._early_acks: set[int] = set()  # PUBACKs that beat the registration of their mid
         self._qos0_mids: set[int] = set()  # QoS 0 messages paho has not written yet
         self._state = {name: False for name in ctx.classes}
@@ -117,6 +127,7 @@ class MqttSink:
 
     def start(self) -> None:
         """Starts connecting in the background (never blocks on the broker)."""
+        self._load_spool()
         cfg = self.config
         _LOGGER.info("connecting to MQTT broker %s:%d (tls=%s, user %s)", cfg.host, cfg.effective_port, cfg.tls,
                      cfg.username or "-")
@@ -136,7 +147,7 @@ class MqttSink:
         with self._lock:
             self._connected = True
             self.counters["connects"] += 1
-            pending_states = {topic for topic, _, _ in self._unacked.values() if "/state/" in topic}
+            pending_states = {item[0] for item in self._unacked.values() if "/state/" in item[0]}
         if self._outage_logged or not self._ever_connected:
             _LOGGER.info("connected to MQTT broker %s:%d", self.config.host, self.config.effective_port)
         self._ever_connected = True
@@ -183,8 +194,8 @@ class MqttSink:
                     self._early_acks.clear()
                 self._early_acks.add(mid)
 
-    def _ack(self, item: tuple[str, float, float], now: float) -> None:
-        topic, origin, published = item
+    def _ack(self, item: tuple[str, float, float, str, bool], now: float) -> None:
+        topic, origin, published = item[:3]
         self.counters["acked"] += 1
         if origin > 0:
             self._latencies.append(now - origin)
@@ -229,9 +240,9 @@ class MqttSink:
         with self._lock:
             if info.mid in self._early_acks:
                 self._early_acks.discard(info.mid)
-                self._ack((topic, origin, published), time.time())
+                self._ack((topic, origin, published, payload, retain), time.time())
             else:
-                self._unacked[info.mid] = (topic, origin, published)
+                self._unacked[info.mid] = (topic, origin, published, payload, retain)
         return True
 
     def _publish_discovery(self) -> None:
@@ -324,8 +335,57 @@ class MqttSink:
                 pass
         self.client.disconnect()
         self.client.loop_stop()
+        self._write_spool()
         _LOGGER.info("MQTT closed: %d published, %d acknowledged, %d dropped",
                      self.counters["published"], self.counters["acked"], self.counters["dropped"])
+
+    # --- spool: captions not delivered at exit survive a restart -----------------------------
+
+    def _spool_path(self) -> Path | None:
+        if self.config.spool_file:
+            return Path(self.config.spool_file)
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(state) / SPOOL_NAME if state else None
+
+    def _write_spool(self) -> None:
+        """Writes captions and states still unacknowledged at exit, in order."""
+        with self._lock:
+            left = [(t, p, r) for t, _, _, p, r in self._unacked.values() if t.endswith("/events") or "/state/" in t]
+        if not left or self.spool_path is None:
+            if left:
+                _LOGGER.error("%d caption/state message(s) undelivered at exit and no spool file is set "
+                              "([mqtt] spool_file): they are lost", len(left))
+            return
+        lines = "".join(json.dumps({"topic": t, "payload": p, "retain": r}) + "\n" for t, p, r in left)
+        try:
+            captions.write_atomic(self.spool_path, lines)
+        except OSError as exc:
+            _LOGGER.error("cannot write the spool %s (%s): %d message(s) lost", self.spool_path, exc, len(left))
+            return
+        _LOGGER.warning("%d caption/state message(s) not delivered: kept in %s for the next start",
+                        len(left), self.spool_path)
+
+    def _load_spool(self) -> None:
+        """Queues what the last run could not deliver, ahead of anything new."""
+        path = self.spool_path
+        if path is None or not path.is_file():
+            return
+        sent = bad = 0
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            _LOGGER.error("cannot read the spool %s: %s", path, exc)
+            return
+        for line in lines:
+            try:
+                item = json.loads(line)
+                topic, payload, retain = str(item["topic"]), str(item["payload"]), bool(item["retain"])
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            sent += self._publish(topic, payload, qos=1, retain=retain)
+        path.unlink(missing_ok=True)
+        _LOGGER.info("re-sending %d message(s) kept from the last run (%d unreadable line(s) skipped)", sent, bad)
 
     def latencies(self) -> list[float]:
         """Recent latencies from the end of the audio block behind a caption event to its PUBACK, seconds."""

@@ -138,3 +138,33 @@ def test_refused_connection_is_not_connected(tmp_path, caplog):
         good.close()
     finally:
         broker.stop()
+
+
+def test_undelivered_captions_are_spooled_and_resent_first(tmp_path, subscriber_factory):
+    broker = dhelpers.Mosquitto(tmp_path)
+    spool = tmp_path / "state" / "mqtt-spool.jsonl"
+    spool.parent.mkdir()
+    first = MqttSink(_cfg(broker.port, spool_file=str(spool)), _ctx("spool"))
+    first.start()  # the broker is down for this whole run
+    events = _events(3)
+    for ev in events:
+        first.on_event(ev)
+    assert not first.drain(0.2)
+    first.close()
+    lines = spool.read_text().splitlines()
+    assert len(lines) == 12 and json.loads(lines[0])["topic"] == "audiocap/spool/events"
+    broker.start()
+    try:
+        sub = subscriber_factory(broker.port, ["audiocap/spool/events"])
+        second = MqttSink(_cfg(broker.port, spool_file=str(spool)), _ctx("spool"))
+        second.start()
+        assert not spool.exists()
+        new = CaptionEvent("new", "start", "Music", "[Music]", 0.9, 1.9e9, None, time.time())
+        second.on_event(new)
+        assert second.drain(10)
+        assert sub.wait_for(lambda m: len(m) >= 7, 10)
+        got = [(e["event_id"], e["type"]) for e in sub.events()]
+        assert got == [(e.event_id, e.type) for e in events] + [("new", "start")]
+        second.close()
+    finally:
+        broker.stop()
