@@ -159,11 +159,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
 
     from daemon.chain import CaptionChain
+    from pipeline import params
     from pipeline.events import EventTracker
 
     ev = config.events
     bundle_thresholds = dict(getattr(models.classifier, "thresholds", {}) or {})
-    on = {c: float(ev.thresholds.get(c, bundle_thresholds.get(c, 0.5))) for c in models.classes}
+    on = {c: float(ev.thresholds.get(c, bundle_thresholds.get(c, params.DEFAULT_THRESHOLD))) for c in models.classes}
     off = {c: float(ev.off_thresholds.get(c, on[c] * ev.off_ratio)) for c in models.classes}
     try:
         tracker = EventTracker(models.classes, on, off, ev.captions, ev.min_duration_s, ev.hold_s)
