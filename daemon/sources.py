@@ -434,8 +434,8 @@ class MicSource:
         """Yields captured blocks forever (until ``stop``), re-opening on failure; a
         :class:`StreamBreak` marks each failure."""
         backoff = self.config.retry_min_s
-        stall_s = max(2.0, 20 * self.config.block_s)
-        first_s = max(5.0, stall_s)  # opening a suspended source can take a while
+        stall_s = max(params.MIC_STALL_SECONDS, 20 * self.config.block_s)
+        first_s = max(params.MIC_FIRST_BLOCK_SECONDS, stall_s)
         while not stop.is_set():
             try:
                 stream = self._start()

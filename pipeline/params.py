@@ -96,6 +96,10 @@ MIC_WARMUP_SECONDS = 1.0
 """After (re)opening a device, audio is discarded until its clock has run this
 long without a jump (at most five times this long): PortAudio/PulseAudio
 deliver the first blocks irregularly, which would put a jump into the captions' times."""
+MIC_STALL_SECONDS = 2.0
+"""A capture stream that delivers nothing this long is treated as failed and re-opened."""
+MIC_FIRST_BLOCK_SECONDS = 5.0
+"""...except right after opening, when a suspended sound server source may take this long."""
 MIC_RETRY_MIN_SECONDS = 1.0
 MIC_RETRY_MAX_SECONDS = 30.0
 """Back-off bounds for re-opening a failed or vanished input device."""
