@@ -51,6 +51,29 @@ def _default_node() -> str:
     return sanitize_node(socket.gethostname().split(".")[0] or "audiocap")
 
 
+def _asset_dirs() -> list[Path]:
+    dirs = [Path(os.environ["AUDIOCAP_DATA_DIR"])] if os.environ.get("AUDIOCAP_DATA_DIR") else []
+    return dirs + [Path("/var/lib/audiocap"), Path.home() / ".cache" / "audiocap"]
+
+
+def _default_pca() -> str:
+    """The PCA file where ``python -m pipeline.assets pca`` puts it."""
+    for d in _asset_dirs():
+        if (d / "vggish_pca_params.npz").is_file():
+            return str(d / "vggish_pca_params.npz")
+    from pipeline.assets import default_path
+
+    return str(default_path("pca"))
+
+
+def _default_vggish() -> str:
+    """The checkpoint ``python -m pipeline.assets vggish`` downloaded, else the TF-Hub handle."""
+    for d in _asset_dirs():
+        if (d / "vggish_model.ckpt").is_file():
+            return str(d / "vggish_model.ckpt")
+    return params.DEFAULT_VGGISH_HANDLE
+
+
 def sanitize_node(name: str) -> str:
     """Makes ``name`` safe as one MQTT topic level and HA object id."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_") or "audiocap"
@@ -92,9 +115,11 @@ class MicConfig:
 class ModelConfig:
     """``[model]``: the networks."""
 
-    vggish: str = _f(params.DEFAULT_VGGISH_HANDLE,
-                     "VGGish weights: TF-Hub handle/URL, SavedModel dir, TF1 checkpoint, or .tflite (litert).")
-    pca: str = _f("/var/lib/audiocap/vggish_pca_params.npz", "The VGGish release's vggish_pca_params.npz.")
+    vggish: str = _f(factory=_default_vggish,
+                     doc="VGGish weights: TF1 checkpoint, SavedModel dir, TF-Hub handle/URL, or .tflite (litert); "
+                         "default: vggish_model.ckpt from `python -m pipeline.assets vggish`, else TF-Hub.")
+    pca: str = _f(factory=_default_pca, doc="The VGGish release's vggish_pca_params.npz "
+                                            "(default: where `python -m pipeline.assets pca` puts it).")
     classifier: str = _f("", "Classifier bundle directory; empty = the one shipped with audiocap.")
     runtime: str = _f("tensorflow", "Inference runtime.", choices=("tensorflow", "litert"))
     num_threads: int = _f(1, "Inference threads.", lo=1, hi=64)
