@@ -173,7 +173,7 @@ def main() -> None:
         configs.append((f"litert int8, {threads} thread", "litert", str(tfl["int8"]), threads))
     runs = {}
     for label, runtime, vggish, threads in configs:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OPENBLAS_NUM_THREADS="1",
                    TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS="1")
         cmd = [sys.executable, __file__, "--child", "--runtime", runtime, "--vggish", vggish,
                "--pca", str(helpers.PCA_PATH), "--threads", str(threads), "--audio", str(audio),
