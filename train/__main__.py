@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tf.distribute: mirrored (local devices) or multiworker (TF_CONFIG)")
     f.add_argument("--last-epoch", dest="select_best", action="store_false",
                    help="keep the last epoch instead of the best validation mAP")
+    f.add_argument("--stream", action="store_true",
+                   help="stream the training side from disk each epoch (for the unbalanced split); "
+                        "only the validation side is held in memory")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="metrics of a bundle on tfrecords (one JSON object on stdout)")
@@ -114,7 +117,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         loss=args.loss, normalise=args.normalise, last_pool=args.last_pool, hidden=args.hidden,
         dropout=args.dropout, aux_weight=args.aux_weight, ensemble=args.ensemble, members=args.members, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, strategy=args.strategy,
-        select_best=args.select_best, verbose=0 if args.quiet else 1,
+        select_best=args.select_best, stream=args.stream, verbose=0 if args.quiet else 1,
         extra={"command": " ".join(["audiocap-train", *sys.argv[1:]])},
     )
     run = fit(cfg)

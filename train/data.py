@@ -388,6 +388,7 @@ def load_clips(
     num_labels: int = params.AUDIOSET_NUM_LABELS,
     stats: IngestStats | None = None,
     parallel: int | None = None,
+    only_val: float | None = None,
 ) -> tuple[Clips, IngestStats]:
     """Reads every good clip into memory (for bal_train-sized data).
 
@@ -397,6 +398,8 @@ def load_clips(
       num_labels: AudioSet label vocabulary size.
       stats: filled in place if given.
       parallel: files read at once (default AUTOTUNE).
+      only_val: keep only the validation side of :func:`grouped_split` with
+        this fraction (memory then holds only that side).
 
     Returns:
       ``(clips, stats)``; clips in a deterministic order.
@@ -405,7 +408,12 @@ def load_clips(
       DataError: no files matched.
     """
     st = stats if stats is not None else IngestStats()
-    parts = list(iter_batches(data, st, short=short, num_labels=num_labels, parallel=parallel))
+    parts = []
+    for b in iter_batches(data, st, short=short, num_labels=num_labels, parallel=parallel):
+        if only_val is not None:
+            keep = validation_mask(b["video_id"], only_val)
+            b = {k: v[keep] for k, v in b.items()}
+        parts.append(b)
     if parts:
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     else:
@@ -440,17 +448,27 @@ def grouped_split(
     Returns:
       ``(train_idx, val_idx)`` int64 index arrays.
     """
+    val = validation_mask(video_ids, val_fraction, salt)
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def validation_mask(
+    video_ids: Sequence[str] | npt.NDArray, val_fraction: float = 0.2, salt: str = "audiocap"
+) -> npt.NDArray[np.bool_]:
+    """``[N]`` bool: the clips :func:`grouped_split` puts on the validation side."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction}")
     u = np.array(
         [
-            int.from_bytes(hashlib.sha1(f"{salt}:{v}".encode()).digest()[:8], "big") / 2.0**64
+            int.from_bytes(
+                hashlib.sha1(f"{salt}:{v.decode('utf-8', 'replace') if isinstance(v, bytes) else v}".encode()).digest()[:8],
+                "big",
+            ) / 2.0**64
             for v in video_ids
         ],
         dtype=np.float64,
     )
-    val = u < val_fraction
-    return np.flatnonzero(~val), np.flatnonzero(val)
+    return u < val_fraction
 
 
 def random_split(n: int, val_fraction: float, seed: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -515,6 +533,7 @@ def make_dataset(
     aux_labels: bool = False,
     repeat: bool = False,
     seed: int = 0,
+    exclude_val: float | None = None,
 ) -> Any:
     """A streaming ``(x, y)`` dataset for ``model.fit`` on data too big for memory.
 
@@ -528,6 +547,8 @@ def make_dataset(
         ``{"classes": [B,4], "audioset": [B,527]}``).
       repeat: repeat forever.
       seed: shuffle seed.
+      exclude_val: drop the clips that :func:`grouped_split` with this
+        validation fraction puts on the validation side (training side only).
 
     Returns:
       ``tf.data.Dataset`` of ``(uint8 [B,10,128], float32 [B,4])``. Bad clips
@@ -539,6 +560,13 @@ def make_dataset(
     mat = tf.constant(class_map.matrix())
     ds = raw_dataset(files, num_labels=class_map.num_labels, short=short, deterministic=False).unbatch()
     ds = ds.filter(lambda e: (e["status"] == OK) | (e["status"] == PADDED))
+    if exclude_val is not None:
+        # The same hash as grouped_split (SHA-1 of the video id), so the
+        # streamed training side and an in-memory validation side never meet.
+        def on_train_side(vid):
+            return not bool(validation_mask([vid.numpy()], exclude_val)[0])
+
+        ds = ds.filter(lambda e: tf.py_function(on_train_side, [e["video_id"]], tf.bool))
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
     if repeat:

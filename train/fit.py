@@ -82,6 +82,12 @@ class FitConfig:
     """``mirrored`` (local devices) or ``multiworker`` (TF_CONFIG)."""
     select_best: bool = True
     """Keep the epoch with the best validation mAP (else the last)."""
+    stream: bool = False
+    """Stream the training side from the tfrecords each epoch instead of
+    loading the data into memory (for the unbalanced split); only the
+    validation side is held in memory."""
+    stream_sample: int = 20000
+    """Training clips read up front for the input statistics (stream mode)."""
     verbose: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +122,10 @@ class FitConfig:
             (self.loss == "binary" or self.positives_only,
              "categorical/sparse losses need --positives-only (softmax cannot say 'none of the four')"),
             (self.loss == "binary" or self.model.startswith("paper"), "only the paper models take categorical/sparse losses"),
+            (not self.stream or (self.split == "grouped" and self.oversample == "none" and not self.class_weights
+                                 and not self.positives_only and self.strategy == "none" and self.loss == "binary"),
+             "--stream trains on the grouped split's training side as it comes: no oversampling, class weights, "
+             "positives-only, softmax losses or distribution strategy"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -135,6 +145,9 @@ class Prepared:
     summary: dict[str, Any]
     val_seen: npt.NDArray[np.bool_] | None = None
     """Per validation row: its video (the clip or a permuted copy) is also in training."""
+    train_stream: Any = None
+    """Stream mode: ``f(aux_labels: bool) -> tf.data.Dataset`` of the training side
+    (``x_train``/``y_train`` then hold only a sample, for input statistics)."""
 
 
 def resolve_class_map(cfg: FitConfig) -> ClassMap:
@@ -192,6 +205,42 @@ def prepare(cfg: FitConfig, clips: data_mod.Clips, class_map: ClassMap, stats: d
     )
     summary["val_rows_seen_in_training"] = int(val_seen.sum())
     return Prepared(x_tr, y_tr, aux_tr, x[va], y[va], summary, val_seen)
+
+
+def prepare_stream(cfg: FitConfig, class_map: ClassMap) -> Prepared:
+    """Stream mode: the validation side in memory, the training side as a pipeline."""
+    import itertools
+
+    stats = data_mod.IngestStats()
+    val, _ = data_mod.load_clips(cfg.data, short=cfg.short, num_labels=class_map.num_labels, stats=stats,
+                                 only_val=cfg.val_fraction)
+    if len(val) == 0:
+        raise data_mod.DataError(f"no validation clips in {cfg.data} (val_fraction {cfg.val_fraction})")
+
+    def stream(aux: bool) -> Any:
+        return data_mod.make_dataset(cfg.data, class_map, batch_size=cfg.batch_size, short=cfg.short,
+                                     aux_labels=aux, seed=cfg.seed, exclude_val=cfg.val_fraction)
+
+    n_batches = max(1, cfg.stream_sample // cfg.batch_size)
+    xs, ys = [], []
+    for x, y in itertools.islice(stream(False).as_numpy_iterator(), n_batches):
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise data_mod.DataError(f"no training clips in {cfg.data} (val_fraction {cfg.val_fraction})")
+    x_s, y_s = np.concatenate(xs), np.concatenate(ys).astype(np.float32)
+    summary = {
+        "streamed": True,
+        "train_rows": "streamed (training side of the grouped split)",
+        "train_sample_for_statistics": int(len(x_s)),
+        "val_rows": int(len(val)),
+        "videos_on_both_sides": 0,
+        "val_positives": {n: int(v) for n, v in zip(class_map.names, val.targets(class_map).sum(axis=0))},
+        "ingest_validation_pass": stats.as_dict(),
+    }
+    _LOGGER.info("stream mode: %d validation clips in memory; training side streamed", len(val))
+    return Prepared(x_s, y_s, np.zeros((len(x_s), 0), np.uint8), val.x, val.targets(class_map).astype(np.float32),
+                    summary, np.zeros(len(val), bool), stream)
 
 
 def _strategy(name: str) -> Any:
@@ -318,7 +367,14 @@ def train_one(cfg: FitConfig, prep: Prepared, class_map: ClassMap, seed: int, st
     distributed = cfg.strategy != "none"
     callbacks = []
     best = None
-    if not distributed:
+    if prep.train_stream is not None:
+        aux = cfg.model == "attention_mil" and cfg.aux_weight > 0
+        best = _BestByMAP(prep.x_val, prep.y_val, cfg.select_best)
+        ds = prep.train_stream(aux)
+        if cfg.model == "attention_mil" and not aux:
+            ds = ds.map(lambda x, y: (x, {"classes": y}))
+        hist = model.fit(ds, epochs=cfg.epochs, verbose=cfg.verbose, callbacks=[best])
+    elif not distributed:
         best = _BestByMAP(prep.x_val, prep.y_val, cfg.select_best)
         callbacks.append(best)
         hist = model.fit(
@@ -432,11 +488,14 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
     t0 = time.monotonic()
     class_map = resolve_class_map(cfg)
     strategy = _strategy(cfg.strategy)
-    if clips is None:
-        clips, stats = data_mod.load_clips(cfg.data, short=cfg.short, num_labels=class_map.num_labels)
-    if len(clips) == 0:
-        raise data_mod.DataError(f"no usable clips in {cfg.data}")
-    prep = prepare(cfg, clips, class_map, stats)
+    if cfg.stream:
+        prep = prepare_stream(cfg, class_map)
+    else:
+        if clips is None:
+            clips, stats = data_mod.load_clips(cfg.data, short=cfg.short, num_labels=class_map.num_labels)
+        if len(clips) == 0:
+            raise data_mod.DataError(f"no usable clips in {cfg.data}")
+        prep = prepare(cfg, clips, class_map, stats)
     t_data = time.monotonic() - t0
     members, histories, best_epochs, member_info = [], [], [], []
     for k, name in enumerate(cfg.member_models()):

@@ -125,6 +125,19 @@ def test_mixed_ensemble(small_data, tmp_path):
         fit_mod.FitConfig(data=["x"], out="y", members="attention_mil*two").validate()
 
 
+def test_stream_mode_trains_from_disk_with_the_same_split(small_data, tmp_path):
+    cfg = fit_mod.FitConfig(data=[str(small_data["data"])], out=str(tmp_path / "s"), hidden=32, epochs=3,
+                            stream=True, stream_sample=128, verbose=0)
+    run = fit_mod.fit(cfg)
+    info = json.loads((run / "metrics.json").read_text())
+    clips, _ = data.load_clips(small_data["data"], num_labels=10)
+    _, va = data.grouped_split(clips.video_id, cfg.val_fraction)
+    assert info["data"]["streamed"] and info["data"]["val_rows"] == len(va)
+    assert info["metrics"]["mAP"] > 0.9
+    with pytest.raises(ValueError, match="--stream"):
+        fit_mod.FitConfig(data=["x"], out="y", stream=True, oversample="permute").validate()
+
+
 def test_export_refuses_a_non_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a fit run directory"):
         export_run(tmp_path, tmp_path / "out")
