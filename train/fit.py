@@ -373,7 +373,7 @@ def train_one(cfg: FitConfig, prep: Prepared, class_map: ClassMap, seed: int, st
         ds = prep.train_stream(aux)
         if cfg.model == "attention_mil" and not aux:
             ds = ds.map(lambda x, y: (x, {"classes": y}))
-        hist = model.fit(ds, epochs=cfg.epochs, verbose=cfg.verbose, callbacks=[best])
+        hist = model.fit(ds, epochs=cfg.epochs, verbose=cfg.verbose, callbacks=[best], shuffle=False)
     elif not distributed:
         best = _BestByMAP(prep.x_val, prep.y_val, cfg.select_best)
         callbacks.append(best)
