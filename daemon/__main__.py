@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from daemon.exitcodes import EX_CANTCREAT
+
 _LOGGER = logging.getLogger("audiocapd")
 
 # One worker thread does the numerics block by block. A multi-threaded BLAS
@@ -24,7 +26,6 @@ _LOGGER = logging.getLogger("audiocapd")
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-EX_CANTCREAT = 73
 
 
 def _version() -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from daemon.exitcodes import EX_CONFIG  # noqa: F401  (re-exported for callers)
 from pipeline import params
 
 if sys.version_info >= (3, 11):
@@ -31,7 +32,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/audiocap/audiocap.toml")
 """Read when it exists and no ``--config`` is given."""
 PASSWORD_ENV = "AUDIOCAP_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"
-EX_CONFIG = 78
 
 
 class ConfigError(ValueError):

@@ -21,20 +21,16 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.config import ModelConfig
+from daemon.exitcodes import EX_CONFIG, EX_UNAVAILABLE, ExitError
 from pipeline import params
 
 _LOGGER = logging.getLogger(__name__)
 
-EX_CONFIG = 78
-EX_UNAVAILABLE = 69
-
-
-class ModelError(RuntimeError):
+class ModelError(ExitError):
     """A model cannot be loaded; the message says which and how to fix it."""
 
     def __init__(self, message: str, exit_code: int = EX_CONFIG) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+        super().__init__(message, exit_code)
 
 
 @dataclass

@@ -26,20 +26,16 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.config import Config, MicConfig, SourceSpec, parse_source
+from daemon.exitcodes import EX_NOINPUT, EX_UNAVAILABLE, ExitError
 from pipeline import params
 
 _LOGGER = logging.getLogger(__name__)
 
-EX_UNAVAILABLE = 69
-EX_NOINPUT = 66
-
-
-class SourceError(RuntimeError):
+class SourceError(ExitError):
     """A source cannot start; ``exit_code`` is the sysexits code to leave with."""
 
     def __init__(self, message: str, exit_code: int = EX_UNAVAILABLE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+        super().__init__(message, exit_code)
 
 
 @dataclass(frozen=True)
