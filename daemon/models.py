@@ -76,7 +76,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_vggish(cfg: ModelConfig) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
-    from pipeline.runtime import RuntimeError_, load_embedding_model
+    from pipeline.runtime import RuntimeMismatchError, load_embedding_model
     from pipeline.vggish import VGGishLoadError
 
     src = cfg.vggish
@@ -85,7 +85,7 @@ def _load_vggish(cfg: ModelConfig) -> Callable[[npt.NDArray[np.float32]], npt.ND
     )
     try:
         return load_embedding_model(src, cfg.runtime, cfg.num_threads)
-    except RuntimeError_ as exc:
+    except RuntimeMismatchError as exc:
         raise ModelError(f"[model] vggish: {_first_line(exc)}") from None
     except VGGishLoadError as exc:
         # An unreachable hub may come back: let systemd retry (EX_UNAVAILABLE);

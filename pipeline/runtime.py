@@ -21,13 +21,13 @@ RUNTIMES = ("tensorflow", "litert")
 EmbeddingFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
-class RuntimeError_(ValueError):
+class RuntimeMismatchError(ValueError):
     """A runtime and a model file do not fit together; the message says how to fix it."""
 
 
 def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
-        raise RuntimeError_(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        raise RuntimeMismatchError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     return runtime
 
 
@@ -41,13 +41,13 @@ def load_embedding_model(source: str | os.PathLike, runtime: str = "tensorflow",
       num_threads: LiteRT interpreter threads.
 
     Raises:
-      RuntimeError_: the source does not suit the runtime.
+      RuntimeMismatchError: the source does not suit the runtime.
       pipeline.vggish.VGGishLoadError: the weights could not be loaded.
     """
     src = os.fspath(source)
     if check_runtime(runtime) == "litert":
         if not src.endswith(".tflite"):
-            raise RuntimeError_(
+            raise RuntimeMismatchError(
                 f"runtime 'litert' needs VGGish as a .tflite file, got {src!r}; make one on a machine "
                 "with TensorFlow with `audiocap-train export-vggish --source SOURCE --out DIR` and set "
                 "[model] vggish = \"DIR/vggish_int8.tflite\" (or --vggish)"
