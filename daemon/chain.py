@@ -8,7 +8,6 @@ benchmark drive the chain directly.
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -44,39 +43,36 @@ Output = Union[WindowScores, CaptionEvent]
 
 
 class _TimeMap:
-    """Maps sample indices of one audio stream to UTC through the blocks' own stamps.
+    """Maps sample indices of one audio stream to UTC from the blocks' own stamps.
 
-    The first block anchors sample 0 to its audio-clock time. A later block
-    whose stamp disagrees with the current anchor's prediction by more than
-    ``TIME_REANCHOR_SECONDS`` (clock drift, dropped blocks) becomes a new anchor;
-    smaller differences are scheduling jitter and are ignored, so a file's
-    times depend on nothing but the sample count.
+    Each block says when its first sample was captured; ``stamp - samples
+    before it / rate`` estimates when sample 0 was. The map follows that
+    estimate smoothly (an exponential average), so the ±0.1 s jitter of the
+    stamps a sound server reports does not reach caption times, while slow
+    clock drift is followed. A jump larger than ``params.CLOCK_RESYNC_SECONDS``
+    (dropped blocks, a clock step) is taken at once.
     """
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        self._anchors: collections.deque[tuple[int, float]] = collections.deque()
         self.samples = 0
+        self._origin: float | None = None  # estimated UTC of sample 0
 
     def add(self, n: int, t0: float) -> None:
-        if not self._anchors or abs(self._predict(self.samples) - t0) > params.TIME_REANCHOR_SECONDS:
-            self._anchors.append((self.samples, t0))
+        estimate = t0 - self.samples / self.rate
+        if self._origin is None or abs(estimate - self._origin) > params.CLOCK_RESYNC_SECONDS:
+            self._origin = estimate
+        else:
+            self._origin += params.CLOCK_SMOOTHING * (estimate - self._origin)
         self.samples += n
 
-    def _predict(self, sample: float) -> float:
-        idx, t0 = self._anchors[-1]
-        return t0 + (sample - idx) / self.rate
-
     def time_of(self, sample: float) -> float:
-        while len(self._anchors) > 1 and self._anchors[1][0] <= sample:
-            self._anchors.popleft()
-        idx, t0 = self._anchors[0]
-        return t0 + (sample - idx) / self.rate
+        return self._origin + sample / self.rate
 
     @property
     def end_time(self) -> float:
         """Time just after the last sample received."""
-        return self._predict(self.samples)
+        return self._origin + self.samples / self.rate
 
 
 class CaptionChain:

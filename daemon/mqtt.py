@@ -76,6 +76,13 @@ class MqttSink:
         self._qos0_mids: set[int] = set()  # QoS 0 messages paho has not written yet
         self._state = {name: False for name in ctx.classes}
         self._connected = False
+        # QoS 1 messages wait here, in order, until the broker connection is up
+        # and paho has re-sent everything older (see _hold_or_hand).
+        self._held: collections.deque[tuple[str, str, bool, float]] = collections.deque()
+        self._flow_open = False
+        self._in_hand = 0  # popped from _held, not yet registered in _unacked
+        self._stop_pump = False
+        self._pump_thread = threading.Thread(target=self._pump, name="audiocap-mqtt-pump", daemon=True)
         self._ever_connected = False
         self._outage_logged = False
         self._closing = False
@@ -131,6 +138,7 @@ class MqttSink:
         cfg = self.config
         _LOGGER.info("connecting to MQTT broker %s:%d (tls=%s, user %s)", cfg.host, cfg.effective_port, cfg.tls,
                      cfg.username or "-")
+        self._pump_thread.start()
         self.client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
         self.client.loop_start()
 
@@ -148,6 +156,7 @@ class MqttSink:
             self._connected = True
             self.counters["connects"] += 1
             pending_states = {item[0] for item in self._unacked.values() if "/state/" in item[0]}
+            pending_states |= {item[0] for item in self._held if "/state/" in item[0]}
         if self._outage_logged or not self._ever_connected:
             _LOGGER.info("connected to MQTT broker %s:%d", self.config.host, self.config.effective_port)
         self._ever_connected = True
@@ -164,6 +173,8 @@ class MqttSink:
             topic = self._state_topic(name)
             if topic not in pending_states:
                 self._publish(topic, "ON" if on else "OFF", qos=1, retain=True)
+        with self._lock:
+            self._release_if_clear()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._outage_logged:
@@ -175,6 +186,7 @@ class MqttSink:
         with self._lock:
             was = self._connected
             self._connected = False
+            self._flow_open = False
         if self._closing or not was:
             return
         if not self._outage_logged:
@@ -187,6 +199,7 @@ class MqttSink:
             item = self._unacked.pop(mid, None)
             if item is not None:
                 self._ack(item, now)
+                self._release_if_clear()
             elif mid in self._qos0_mids:
                 self._qos0_mids.discard(mid)
             else:
@@ -216,14 +229,63 @@ class MqttSink:
         return f"{self.base}/state/{name}"
 
     def _publish(self, topic: str, payload: str, qos: int, retain: bool = False, origin: float = 0.0) -> bool:
+        """Publishes one message; QoS 1 ones keep their order across reconnects.
+
+        paho marks itself connected before it re-sends what it queued, so a
+        message handed to it at that instant would overtake older ones. QoS 1
+        messages therefore go through our own FIFO, which one thread
+        (:meth:`_pump`) hands to paho in order, only while the connection is up
+        and nothing from before the last reconnect is left unacknowledged.
+        """
+        if qos == 0:
+            return self._hand(topic, payload, qos, retain, origin)
+        with self._lock:
+            if len(self._held) + len(self._unacked) >= self.config.queue_size:
+                self._count_drop(topic)
+                return False
+            self._held.append((topic, payload, retain, origin))
+            self._lock.notify_all()
+            return True
+
+    def _release_if_clear(self) -> None:
+        """Opens the flow once connected with nothing older in flight (caller holds ``_lock``)."""
+        if self._connected and not self._unacked and not self._flow_open:
+            self._flow_open = True
+            self._lock.notify_all()
+
+    def _pump(self) -> None:
+        """The one thread that hands QoS 1 messages to paho, in FIFO order.
+
+        It never holds ``_lock`` while calling paho: paho runs its callbacks
+        (which take ``_lock``) with its own mutex held.
+        """
+        while True:
+            with self._lock:
+                while not self._stop_pump and not (self._flow_open and self._held):
+                    self._lock.wait(0.5)
+                if self._stop_pump:
+                    return
+                topic, payload, retain, origin = self._held.popleft()
+                self._in_hand += 1
+            try:
+                self._hand(topic, payload, 1, retain, origin)
+            finally:
+                with self._lock:
+                    self._in_hand -= 1
+                    self._lock.notify_all()
+
+    def _count_drop(self, topic: str) -> None:
+        self.counters["dropped"] += 1
+        if self.counters["dropped"] == 1 or self.counters["dropped"] % 1000 == 0:
+            _LOGGER.error("MQTT queue full (%d messages): dropped %d message(s) so far, latest on %s",
+                          self.config.queue_size, self.counters["dropped"], topic)
+
+    def _hand(self, topic: str, payload: str, qos: int, retain: bool = False, origin: float = 0.0) -> bool:
         """Hands one message to paho; QoS 1 ones are tracked until PUBACK."""
         published = time.time()
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            self.counters["dropped"] += 1
-            if self.counters["dropped"] == 1 or self.counters["dropped"] % 1000 == 0:
-                _LOGGER.error("MQTT queue full (%d messages): dropped %d message(s) so far, latest on %s",
-                              self.config.queue_size, self.counters["dropped"], topic)
+            self._count_drop(topic)
             return False
         if qos == 0:
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -304,7 +366,7 @@ class MqttSink:
     def queue_depth(self) -> int:
         """QoS 1 messages not yet acknowledged by the broker."""
         with self._lock:
-            return len(self._unacked)
+            return len(self._unacked) + len(self._held)
 
     def drain(self, timeout: float) -> bool:
         """Waits until every QoS 1 message was acknowledged, or ``timeout`` s.
@@ -314,12 +376,12 @@ class MqttSink:
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
-            while self._unacked:
+            while self._unacked or self._held or self._in_hand:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._lock.wait(min(left, 0.1))
-            left_over = len(self._unacked)
+            left_over = len(self._unacked) + len(self._held) + self._in_hand
         if left_over:
             _LOGGER.warning("%d MQTT message(s) were not acknowledged within %.1f s", left_over, timeout)
         return left_over == 0
@@ -333,6 +395,11 @@ class MqttSink:
                 info.wait_for_publish(timeout=timeout)
             except (RuntimeError, ValueError):  # disconnected meanwhile / queue refused
                 pass
+        with self._lock:
+            self._stop_pump = True
+            self._lock.notify_all()
+        if self._pump_thread.is_alive():
+            self._pump_thread.join(timeout=2.0)
         self.client.disconnect()
         self.client.loop_stop()
         self._write_spool()
@@ -351,6 +418,7 @@ class MqttSink:
         """Writes captions and states still unacknowledged at exit, in order."""
         with self._lock:
             left = [(t, p, r) for t, _, _, p, r in self._unacked.values() if t.endswith("/events") or "/state/" in t]
+            left += [(t, p, r) for t, p, r, _ in self._held if t.endswith("/events") or "/state/" in t]
         if not left or self.spool_path is None:
             if left:
                 _LOGGER.error("%d caption/state message(s) undelivered at exit and no spool file is set "

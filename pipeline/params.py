@@ -124,3 +124,10 @@ METRICS_INTERVAL_SECONDS = 30.0
 """Health/metrics message period."""
 METRICS_HISTORY = 600
 """Per-second processing-time and latency samples kept for percentiles."""
+
+# --- Audio clock ----------------------------------------------------------------
+CLOCK_SMOOTHING = 0.05
+"""Weight of each block's timestamp in the smoothed audio clock (about 2 s of
+0.1 s blocks): removes the sound server's timestamp jitter, follows drift."""
+CLOCK_RESYNC_SECONDS = 0.5
+"""A block whose timestamp is this far off the smoothed clock re-anchors it."""
