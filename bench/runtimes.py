@@ -44,18 +44,15 @@ def _child(args: argparse.Namespace) -> None:
 
     from daemon.chain import CaptionChain, WindowScores
     from daemon.config import ModelConfig
-    from daemon.models import build_models
+    from daemon.models import build_models, build_tracker
     from daemon.sources import AudioBlock, EmbeddingBlock
-    from pipeline.events import CaptionEvent, EventTracker
+    from pipeline.events import CaptionEvent
 
     cfg = ModelConfig(vggish=args.vggish, pca=args.pca, classifier="", runtime=args.runtime, num_threads=args.threads)
     models = build_models(cfg)
     ready_s = time.time() - spawned
-    th = dict(models.classifier.thresholds)
-    tracker_args = (models.classes, th, {c: v * 0.8 for c, v in th.items()}, {}, 1.0, 2.0)
-
     def chain() -> CaptionChain:
-        return CaptionChain(models.classifier, EventTracker(*tracker_args), models.make_embedder)
+        return CaptionChain(models.classifier, build_tracker(models), models.make_embedder)
 
     data = np.load(args.audio)
     # Timing: args.seconds of audio in 1 s blocks, audio-clock stamps 1 s apart.

@@ -160,15 +160,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
 
     from daemon.chain import CaptionChain
-    from pipeline import params
-    from pipeline.events import EventTracker
+    from daemon.models import build_tracker
 
-    ev = config.events
-    bundle_thresholds = dict(getattr(models.classifier, "thresholds", {}) or {})
-    on = {c: float(ev.thresholds.get(c, bundle_thresholds.get(c, params.DEFAULT_THRESHOLD))) for c in models.classes}
-    off = {c: float(ev.off_thresholds.get(c, on[c] * ev.off_ratio)) for c in models.classes}
     try:
-        tracker = EventTracker(models.classes, on, off, ev.captions, ev.min_duration_s, ev.hold_s)
+        tracker = build_tracker(models, config.events)
     except ValueError as exc:
         where = config.path or "the configuration"
         return _fail(f"{where}: [events] {exc}", EX_CONFIG)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
-from daemon.config import ModelConfig
+from daemon.config import EventsConfig, ModelConfig
 from daemon.exitcodes import EX_CONFIG, EX_UNAVAILABLE, ExitError
 from pipeline import params
 
@@ -146,3 +146,19 @@ def build_models(cfg: ModelConfig, need_embedder: bool = True) -> Models:
     model_id = f"{getattr(classifier, 'name', 'classifier')}@{getattr(classifier, 'version', '0')}"
     _LOGGER.info("classifier %s loaded (%s runtime), classes %s", model_id, cfg.runtime, ", ".join(classifier.classes))
     return Models(classifier=classifier, model_id=model_id, vggish=vggish, postprocessor=postprocessor)
+
+
+def build_tracker(models: Models, events: EventsConfig | None = None) -> Any:
+    """The event tracker for ``models``: on thresholds from ``[events]``, else the
+    bundle's calibrated ones; off thresholds likewise, else on x ``off_ratio``.
+
+    Raises:
+      ValueError: thresholds or timings the tracker refuses (the caller names the file).
+    """
+    from pipeline.events import EventTracker
+
+    ev = events or EventsConfig()
+    bundle = dict(getattr(models.classifier, "thresholds", {}) or {})
+    on = {c: float(ev.thresholds.get(c, bundle.get(c, params.DEFAULT_THRESHOLD))) for c in models.classes}
+    off = {c: float(ev.off_thresholds.get(c, on[c] * ev.off_ratio)) for c in models.classes}
+    return EventTracker(models.classes, on, off, ev.captions, ev.min_duration_s, ev.hold_s)

@@ -145,6 +145,17 @@ def espeak_wav(text: str, out: Path, rate: int | None = None) -> Path:
     return out
 
 
+def load_reference(name: str) -> dict[str, np.ndarray]:
+    """A reference .npz from ../shared/reference as a dict; skips the test without it."""
+    import pytest
+
+    path = REFERENCE / name
+    if not path.is_file():
+        pytest.skip(f"reference outputs not found at {path}")
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
 def feed_blocks(process, x: np.ndarray, sizes) -> list:
     """Calls ``process`` on consecutive blocks of ``x`` whose sizes cycle through
     ``sizes``; returns the results in order."""

@@ -13,9 +13,9 @@ import pytest
 import helpers
 from daemon.chain import CaptionChain, WindowScores
 from daemon.config import ModelConfig
-from daemon.models import build_models
+from daemon.models import build_models, build_tracker
 from daemon.sources import AudioBlock, EmbeddingBlock
-from pipeline.events import CaptionEvent, EventTracker
+from pipeline.events import CaptionEvent
 
 RATE = 44100
 
@@ -33,9 +33,7 @@ def _recordings(tmp_path):
 
 
 def _run(models, rec=None, embeddings=None):
-    th = dict(models.classifier.thresholds)
-    tracker = EventTracker(models.classes, th, {c: v * 0.8 for c, v in th.items()}, {}, 1.0, 2.0)
-    chain = CaptionChain(models.classifier, tracker, models.make_embedder)
+    chain = CaptionChain(models.classifier, build_tracker(models), models.make_embedder)
     out = []
     if rec is not None:
         for i in range(0, rec.shape[0], 2205):

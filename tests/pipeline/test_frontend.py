@@ -9,11 +9,7 @@ from pipeline import frontend, params
 
 @pytest.fixture(scope="module")
 def reference(shared_dir):
-    path = helpers.REFERENCE / "frontend_reference.npz"
-    if not path.is_file():
-        pytest.skip(f"front-end reference not found at {path}")
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    return helpers.load_reference("frontend_reference.npz")
 
 
 def test_params_are_the_published_vggish_values():

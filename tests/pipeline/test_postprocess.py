@@ -12,11 +12,7 @@ from pipeline import params
 
 @pytest.fixture(scope="module")
 def reference(shared_dir):
-    path = helpers.REFERENCE / "postprocess_reference.npz"
-    if not path.is_file():
-        pytest.skip(f"postprocess reference not found at {path}")
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    return helpers.load_reference("postprocess_reference.npz")
 
 
 def test_shared_pca_file_is_the_release(pca_path):
