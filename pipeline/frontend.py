@@ -83,8 +83,6 @@ def frame(data: npt.NDArray, window_length: int, hop_length: int) -> npt.NDArray
     Only complete frames are kept; too little data gives zero frames.
     """
     num_frames = max(0, 1 + (data.shape[0] - window_length) // hop_length)
-    if data.shape[0] < window_length:
-        num_frames = 0
     shape = (num_frames, window_length) + data.shape[1:]
     strides = (data.strides[0] * hop_length,) + data.strides
     return np.lib.stride_tricks.as_strided(data, shape=shape, strides=strides, writeable=False)

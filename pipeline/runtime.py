@@ -12,13 +12,10 @@ Both return a callable mapping float32 ``[N, 96, 64]`` to float32 ``[N, 128]``.
 from __future__ import annotations
 
 import os
-from typing import Callable
 
-import numpy as np
-import numpy.typing as npt
+from pipeline.embedder import EmbeddingFn
 
 RUNTIMES = ("tensorflow", "litert")
-EmbeddingFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
 class RuntimeMismatchError(ValueError):

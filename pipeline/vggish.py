@@ -26,7 +26,7 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -394,5 +394,3 @@ def export_tflite(
     out.write_bytes(blob)
     return out
 
-
-EmbeddingFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
