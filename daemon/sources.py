@@ -227,18 +227,22 @@ class ReplaySource:
         Raises:
           SourceError: (EX_NOINPUT) when the folder is missing or holds none.
         """
-        from daemon.tfrecord import list_tfrecords
+        from pipeline.audioset import list_tfrecords
 
         d = Path(self.directory)
         if not d.is_dir():
             raise SourceError(f"replay folder not found: {self.directory}", EX_NOINPUT)
-        self._files = list_tfrecords(d)
+        try:
+            self._files = list_tfrecords(d)
+        except OSError as exc:
+            raise SourceError(f"cannot read the replay folder {self.directory}: {exc.strerror or exc}",
+                              EX_NOINPUT) from None
         if not self._files:
             raise SourceError(f"no *.tfrecord files in {self.directory}", EX_NOINPUT)
 
     def blocks(self, stop: threading.Event) -> Iterator[EmbeddingBlock]:
         """Yields one block per clip (fast) or per embedding (paced)."""
-        from daemon.tfrecord import iter_clips
+        from pipeline.audioset import iter_clips
 
         if not self._files:
             self.open()

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from pipeline import params
+from pipeline import audioset, params
 from pipeline.labels import ClassMap
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ PARSE_BATCH = 256
 """Records parsed per batched ParseSequenceExample call (the fast path)."""
 READ_PARALLEL = 16
 """Files read at once."""
-_RECORD_OVERHEAD = 16
-"""Bytes of framing around each TFRecord payload: length, 2 CRCs."""
+_RECORD_OVERHEAD = audioset.RECORD_OVERHEAD
 SHORT_POLICIES = ("skip", "pad")
 
 
@@ -153,16 +152,16 @@ def _parse_batch(records: Any, num_labels: int, short: str) -> dict[str, Any]:
     context, seq, lengths = tf.io.parse_sequence_example(
         records,
         context_features={
-            "video_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
-            "start_time_seconds": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
-            "labels": tf.io.VarLenFeature(tf.int64),
+            audioset.VIDEO_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            audioset.START_TIME: tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+            audioset.LABELS: tf.io.VarLenFeature(tf.int64),
         },
         sequence_features={
-            "audio_embedding": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+            audioset.AUDIO_EMBEDDING: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
         },
     )
-    emb = seq["audio_embedding"]  # [B, T] bytes, "" past each clip's end
-    frames = tf.cast(lengths["audio_embedding"], tf.int32)
+    emb = seq[audioset.AUDIO_EMBEDDING]  # [B, T] bytes, "" past each clip's end
+    frames = tf.cast(lengths[audioset.AUDIO_EMBEDDING], tf.int32)
     t = tf.shape(emb)[1]
     # Keep at most 10 frames; give every clip exactly 10 slots.
     emb = tf.pad(emb[:, :n_win], [[0, 0], [0, tf.maximum(0, n_win - t)]])
@@ -177,7 +176,7 @@ def _parse_batch(records: Any, num_labels: int, short: str) -> dict[str, Any]:
         # Repeat the clip cyclically: slot i takes frame i mod frames.
         src = tf.math.floormod(tf.range(n_win)[None, :], tf.maximum(frames, 1)[:, None])
         x = tf.gather(x, src, axis=1, batch_dims=1)
-    lab = context["labels"]
+    lab = context[audioset.LABELS]
     keep = (lab.values >= 0) & (lab.values < num_labels)
     ids = tf.boolean_mask(lab.values, keep)
     rows = tf.boolean_mask(lab.indices[:, 0], keep)
@@ -192,8 +191,8 @@ def _parse_batch(records: Any, num_labels: int, short: str) -> dict[str, Any]:
     return {
         "x": x,
         "labels": labels,
-        "video_id": context["video_id"],
-        "start": context["start_time_seconds"],
+        "video_id": context[audioset.VIDEO_ID],
+        "start": context[audioset.START_TIME],
         "frames": frames,
         "status": tf.cast(status, tf.int32),
         "nbytes": tf.cast(tf.strings.length(records), tf.int64) + _RECORD_OVERHEAD,
@@ -356,10 +355,18 @@ def _recover_batch(
 
     records = next(iter(_record_batches(files, batch, parallel).skip(index).take(1)))
     rows = []
-    for r in records:
+    for n, r in enumerate(records):
         try:
             rows.append({k: v.numpy() for k, v in _parse_batch(r[None], num_labels, short).items()})
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+            # TF only says the record failed; the project's one reader of the
+            # format says why.
+            try:
+                audioset.parse_clip(r.numpy())
+                reason = "tf.io refused it"
+            except audioset.RecordError as exc:
+                reason = str(exc)
+            _LOGGER.warning("batch %d, record %d is not an AudioSet SequenceExample: %s", index, n, reason)
             bad = {k: v.numpy() for k, v in _parse_batch(tf.constant([b""]), num_labels, short).items()}
             bad["status"] = np.array([BAD_RECORD], np.int32)
             bad["nbytes"] = np.array([len(r.numpy()) + _RECORD_OVERHEAD], np.int64)

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from daemon import tfrecord
+from pipeline import audioset as tfrecord
 from pipeline import captions
 from pipeline.events import CaptionEvent
 

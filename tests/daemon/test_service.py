@@ -169,7 +169,7 @@ def test_broker_outage_mid_stream_delivers_everything_in_order(
 
 def test_stream_break_ends_open_captions_where_the_audio_stopped(bal_train_dir, classifier):
     from daemon.sources import EmbeddingBlock, StreamBreak
-    from daemon.tfrecord import iter_clips, list_tfrecords
+    from pipeline.audioset import iter_clips, list_tfrecords
     from pipeline.events import CaptionEvent
 
     clip = next(iter_clips(list_tfrecords(bal_train_dir)[:1]))
