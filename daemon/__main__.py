@@ -1,10 +1,15 @@
 """``audiocapd``: the command line of the captioning daemon.
 
-Exit codes (sysexits): 0 clean stop; 2 bad command line; 66 input file or
-replay folder missing; 69 audio device not found, PortAudio missing or TF-Hub
-unreachable (may come back: systemd retries); 73 an output file cannot be
-created; 78 bad configuration, or a model/PCA/classifier path that is wrong;
-1 an unexpected failure.
+Exit codes (sysexits): 0 clean stop; 2 bad command line; 65 a file or replay
+failed mid-way; 66 input file or replay folder missing; 69 audio device not
+found, PortAudio missing or TF-Hub unreachable (may come back: systemd
+retries); 73 an output file or the journal cannot be created; 78 bad
+configuration, or a model/PCA/classifier path that is wrong; 1 an unexpected
+failure.
+
+SIGHUP re-executes the daemon (same PID, same arguments) once the new
+configuration has been checked and everything accepted was delivered or
+journaled.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any, Sequence
 
-from daemon.exitcodes import EX_CANTCREAT
+from daemon.exitcodes import ExitError
 
 _LOGGER = logging.getLogger("audiocapd")
 
@@ -108,8 +114,12 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+RELOAD = -1
+"""What :func:`run` returns when the daemon stopped for a SIGHUP reload."""
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    """Runs the daemon; returns the exit code."""
+    """Runs the daemon; returns the exit code (or :data:`RELOAD`)."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _setup_logging("debug" if args.debug else "info")
@@ -131,8 +141,21 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EX_CONFIG)
     _setup_logging(config.daemon.log_level)
     if args.check_config:
+        # The thresholds are only complete with the classifier's own (an off
+        # above the model's on): load the classifier, not VGGish.
+        from daemon.models import ModelError, build_models, build_tracker
+
+        try:
+            build_tracker(build_models(config.model, need_embedder=False), config.events)
+        except ModelError as exc:
+            return _fail(str(exc), exc.exit_code)
+        except ValueError as exc:
+            return _fail(f"{config.path or 'the configuration'}: [events] {exc}", EX_CONFIG)
         print(to_toml(config))
         return 0
+    # A full disk under RLIMIT_FSIZE must be a failed write the journal
+    # handles, not a signal that kills the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     source = sources.make_source(config)
     try:
@@ -140,17 +163,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     except sources.SourceError as exc:
         return _fail(str(exc), exc.exit_code)
 
-    from daemon.sinks import SinkContext, SubtitleSink, make_sinks
+    from daemon.sinks import SinkContext, check_sinks, make_sinks
 
-    from daemon.config import parse_sink
-
-    for spec in config.daemon.sinks:
-        kind, path = parse_sink(spec)
-        if kind in ("vtt", "srt"):
-            try:
-                SubtitleSink(path, kind).start()
-            except OSError as exc:
-                return _fail(f"cannot write subtitles to {path}: {exc.strerror or exc}", EX_CANTCREAT)
+    try:  # files and the journal directory, before seconds go into loading models
+        check_sinks(config)
+    except ExitError as exc:
+        return _fail(str(exc), exc.exit_code)
 
     from daemon.models import ModelError, build_models
 
@@ -184,20 +202,37 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     from daemon.service import Service
 
+    def check_reload() -> str | None:
+        try:
+            load_config(args.config, overrides_from_args(args))
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
     thresholds = ", ".join(f"{c} {a:.2f}/{b:.2f}" for c, (a, b) in tracker.thresholds().items())
-    service = Service(config, source, chain, sinks,
+    service = Service(config, source, chain, sinks, check_reload=check_reload,
                       description=f"{describe(config)} model={models.model_id} thresholds(on/off)={thresholds}")
-    return service.run()
+    code = service.run()
+    return RELOAD if service.reload_requested and code == 0 else code
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (``audiocapd``)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         code = run(argv)
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handler
         code = 130
     except BrokenPipeError:  # e.g. `audiocapd --check-config | head`
         code = 0
+    except ExitError as exc:
+        code = _fail(str(exc), exc.exit_code)
+    except Exception as exc:  # a bug: one line for the user, the traceback with --debug
+        if debug:
+            _LOGGER.exception("unexpected failure")
+        text = str(exc).strip().splitlines()
+        code = _fail(f"unexpected failure: {type(exc).__name__}: {text[0] if text else ''} "
+                     "(run with --debug for the traceback)", 1)
     # Everything is delivered, written and closed by now. Tearing down TensorFlow
     # and a loaded VGGish takes 5-10 s at interpreter exit, which would break the
     # "gone within 2 s of SIGTERM" promise, so leave without it.
@@ -207,6 +242,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (BrokenPipeError, ValueError):
         pass
     logging.shutdown()
+    if code == RELOAD:
+        # Same PID (systemd keeps tracking it), same command line, fresh
+        # configuration and models. Our descriptors are close-on-exec.
+        try:
+            os.execv(sys.executable, list(getattr(sys, "orig_argv", [sys.executable, "-m", "daemon", *sys.argv[1:]])))
+        except OSError as exc:
+            code = _fail(f"cannot re-execute for the reload: {exc.strerror or exc}", 1)
     os._exit(code)
 
 

@@ -273,13 +273,16 @@ def _coerce(default: Any, value: Any, meta: Mapping[str, Any], where: str) -> An
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_type_name(value)} ({value!r})")
+        if "\x00" in value:  # C libraries (paho's socket layer, libsndfile...) would cut it there
+            raise ConfigError(f"{where}: {value!r} holds a NUL character")
         choices = meta.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
         return value
     if isinstance(default, tuple):
-        if isinstance(value, str):
-            value = [value]
+        if isinstance(value, str):  # `sinks = "stdout"`: say so rather than guess
+            raise ConfigError(f"{where}: expected a list of strings, got a string ({value!r}); "
+                              f"write [{_toml_value(value)}]")
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {_type_name(value)} ({value!r})")
         return tuple(value)
@@ -405,8 +408,18 @@ def load_config(
     mic: MicConfig = built["mic"]
     if mic.retry_max_s < mic.retry_min_s:
         raise ConfigError(f"{origins['mic'].get('retry_max_s', '?')}: [mic] retry_max_s is below retry_min_s")
+    if mic.sample_rate:
+        problem = resample_problem(mic.sample_rate)
+        if problem:
+            raise ConfigError(f"{origins['mic'].get('sample_rate', '?')}: [mic] sample_rate: {problem}")
     mqtt: MqttConfig = built["mqtt"]
     mo = origins["mqtt"]
+    if not mqtt.host.strip():
+        raise ConfigError(f"{mo.get('host', '?')}: [mqtt] host is empty (a broker host name or address)")
+    for key in ("host", "username", "client_id"):
+        value = getattr(mqtt, key)
+        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: {value!r} holds a control character")
     for key in ("prefix", "discovery_prefix"):
         value = getattr(mqtt, key)
         if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
@@ -419,9 +432,13 @@ def load_config(
         value = getattr(mqtt, key)
         if value and not os.path.isfile(value):
             raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: no such file {value}")
+    _check_tls_files(mqtt, mo)
     password = _read_password(merged["mqtt"], mo.get("password_file", file_label))
     mqtt = dataclasses.replace(mqtt, password=password)
     ev: EventsConfig = built["events"]
+    if ev.off_ratio == 0:  # every caption would stay on for ever
+        raise ConfigError(f"{origins['events'].get('off_ratio', '?')}: [events] off_ratio = 0 would never end "
+                          "a caption (expected a ratio above 0, at most 1)")
     for cls, off in ev.off_thresholds.items():
         on = ev.thresholds.get(cls)
         if on is not None and off > on:
@@ -430,6 +447,40 @@ def load_config(
                 f"is above the on threshold {on}"
             )
     return Config(daemon=daemon, mic=mic, model=built["model"], events=ev, mqtt=mqtt, path=file_label)
+
+
+def _check_tls_files(mqtt: MqttConfig, origins: Mapping[str, str]) -> None:
+    """Loads the CA and client certificate now, so a wrong file fails at start-up, not at each connect."""
+    import ssl
+
+    if mqtt.ca_file:
+        try:
+            ssl.create_default_context(cafile=mqtt.ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{origins.get('ca_file', '?')}: [mqtt] ca_file: {mqtt.ca_file} is not a PEM "
+                              f"CA certificate ({getattr(exc, 'reason', None) or exc})") from None
+    if mqtt.cert_file and mqtt.key_file:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(mqtt.cert_file, mqtt.key_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{origins.get('cert_file', '?')}: [mqtt] cert_file/key_file: {mqtt.cert_file} and "
+                              f"{mqtt.key_file} are not a matching PEM certificate and key "
+                              f"({getattr(exc, 'reason', None) or exc})") from None
+
+
+def resample_problem(rate: int) -> str | None:
+    """Why audio at ``rate`` Hz cannot be captioned, or ``None`` when it can.
+
+    Any rate is resampled to 16 kHz by a polyphase table; for a rate sharing
+    almost no factor with 16000 (e.g. 44101 Hz) that table would be gigabytes.
+    """
+    from pipeline.audio import StreamingResampler
+
+    try:
+        StreamingResampler(rate)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 # --- Output ----------------------------------------------------------------------

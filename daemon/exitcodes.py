@@ -7,6 +7,9 @@ or hub (69) may.
 
 from __future__ import annotations
 
+EX_DATAERR = 65
+"""A file or replay failed mid-way (undecodable past a damaged region); the
+captions up to there were delivered. Retrying would fail the same way."""
 EX_NOINPUT = 66
 """An input file (recording, replay directory) does not exist."""
 EX_UNAVAILABLE = 69

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import socket
 
 _LOGGER = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class Notifier:
     def stopping(self, status: str = "") -> bool:
         """STOPPING=1."""
         return self.notify("STOPPING=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def reloading(self, status: str = "") -> bool:
+        """RELOADING=1 with MONOTONIC_USEC (the daemon re-executes itself; the new
+        process sends READY=1 from the same PID)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}" + (f"\nSTATUS={status}" if status else ""))
 
     def close(self) -> None:
         """Closes the socket."""

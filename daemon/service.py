@@ -15,7 +15,17 @@ Stopping: SIGTERM/SIGINT set a ``threading.Event``; the source returns, the
 worker ends open events and returns, the sinks deliver what they can within
 the remaining time, ``offline`` is published and the process exits 0 within
 ``SHUTDOWN_SECONDS``. With ``exit_at_end`` the end of a file or replay does the
-same, waiting up to ``drain_timeout_s`` for the broker.
+same, waiting up to ``drain_timeout_s`` for the broker. SIGHUP reloads: the
+new configuration is checked first (a bad one is refused with one line and
+the service goes on), then the service stops as for SIGTERM and the caller
+re-executes the daemon (:attr:`Service.reload_requested`).
+
+Supervision: the worker never dies of its input. A source that fails ends
+the open captions (an ``end`` each) and is logged once with its cause; a live
+source is then re-opened with back-off, a file or replay counts as ended
+(exit ``EX_DATAERR`` at the end of the run). A block the chain cannot process
+is skipped and counted, open captions ended; only a chain failing on
+:data:`MAX_CONSECUTIVE_FAILURES` blocks in a row stops the service (exit 1).
 """
 
 from __future__ import annotations
@@ -25,18 +35,23 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from daemon.chain import CaptionChain, WindowScores
 from daemon.config import Config
+from daemon.exitcodes import EX_DATAERR
 from daemon.sdnotify import Notifier
+from daemon.sinks.base import Sink
 from daemon.sources import AudioBlock, Block, EmbeddingBlock, Source
 from pipeline import captions, params
 from pipeline.events import CaptionEvent
 
 _LOGGER = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 5
+"""Blocks in a row the chain may fail on before the service gives up (exit 1)."""
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -85,8 +100,11 @@ class Service:
       chain: the caption chain (models, window, tracker).
       sinks: started by :meth:`run`, closed at the end.
       notifier: systemd notify protocol (default: from the environment).
-      handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+      handle_signals: install SIGTERM/SIGINT/SIGHUP handlers (main thread only).
       description: the effective configuration for the "ready" log line.
+      check_reload: called on SIGHUP; returns ``None`` when the configuration
+        on disk is good (the service then stops for a reload), else the
+        one-line reason it is refused. Without it SIGHUP is a clean stop.
     """
 
     def __init__(
@@ -94,10 +112,11 @@ class Service:
         config: Config,
         source: Source,
         chain: CaptionChain,
-        sinks: Sequence[Any],
+        sinks: Sequence[Sink],
         notifier: Notifier | None = None,
         handle_signals: bool = True,
         description: str = "",
+        check_reload: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -115,41 +134,96 @@ class Service:
         self._signal: str | None = None
         self._busy_since: float | None = None
         self._sink_failures: set[int] = set()
+        self._source_failed = False
+        self._hup = threading.Event()
+        self.check_reload = check_reload
+        self.reload_requested = False
+        """True when the service stopped for a SIGHUP reload (the caller re-executes)."""
         self.timer = ChainTimer()
         self.started = time.monotonic()
-        self.counts = {"blocks": 0, "audio_s": 0.0, "events": 0, "windows": 0}
+        self.counts = {"blocks": 0, "audio_s": 0.0, "events": 0, "windows": 0, "bad_blocks": 0,
+                       "source_failures": 0}
 
     # --- worker thread ----------------------------------------------------------------
 
     def _work(self) -> None:
         try:
-            for block in self.source.blocks(self.stop_event):
-                self._busy_since = time.monotonic()
-                t = time.perf_counter()
-                self._dispatch(self.chain.feed(block))
-                if all(getattr(sink, "failed", False) for sink in self.sinks):
-                    _LOGGER.error("every sink has failed (e.g. stdout was closed); stopping")
-                    self.stop_event.set()
-                    self._wake.set()
-                audio_s = block_seconds(block)
-                self.timer.add(audio_s, time.perf_counter() - t)
-                self.counts["blocks"] += 1
-                self.counts["audio_s"] += audio_s
-                self._busy_since = None
-                if self.stop_event.is_set():
+            while not self.stop_event.is_set():
+                if self._run_source():
+                    self._source_ended = not self.stop_event.is_set()
                     break
-            else:
-                self._source_ended = not self.stop_event.is_set()
+                if self.source.finite or self._error is not None:
+                    break
+                # A live source whose generator failed: open it again, with back-off.
+                self.stop_event.wait(min(30.0, 2.0 ** min(self.counts["source_failures"], 5)))
             self._busy_since = time.monotonic()
             # End of run or stop: the resampler's tail, then close open events.
-            self._dispatch(self.chain.end_stream(time.time()))
-        except Exception as exc:  # a failure in the models: exit non-zero, systemd restarts us
-            _LOGGER.exception("the caption worker failed: %s", exc)
-            self._error = exc
+            self._end_stream(time.time())
         finally:
             self._busy_since = None
             self._worker_done.set()
             self._wake.set()
+
+    def _run_source(self) -> bool:
+        """Feeds the source's blocks to the chain; True when the source ended
+        (or a stop was asked), False when it failed."""
+        failures = 0
+        blocks = self.source.blocks(self.stop_event)
+        while True:
+            try:
+                block = next(blocks)
+            except StopIteration:
+                return True
+            except Exception as exc:  # a source/decoder failure: never the end of the service
+                self.counts["source_failures"] += 1
+                self._source_failed = self.source.finite
+                _LOGGER.error("source %s failed: %s; %s", self.source.name, _one_line(exc),
+                              "ending it here" if self.source.finite else "re-opening it with back-off")
+                _LOGGER.debug("source failure", exc_info=True)
+                self._end_stream(time.time())
+                return self.source.finite
+            self._busy_since = time.monotonic()
+            t = time.perf_counter()
+            try:
+                self._dispatch(self.chain.feed(block))
+                failures = 0
+            except Exception as exc:  # a block the chain cannot process: skip it, end open captions
+                failures += 1
+                self.counts["bad_blocks"] += 1
+                level = logging.ERROR if self.counts["bad_blocks"] == 1 or failures > 1 else logging.DEBUG
+                _LOGGER.log(level, "skipping a block the caption chain cannot process (%s); open captions "
+                            "ended", _one_line(exc))
+                _LOGGER.debug("chain failure", exc_info=True)
+                self._end_stream(getattr(block, "available", time.time()))
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    self._error = exc
+                    _LOGGER.error("the caption chain failed on %d blocks in a row (%s); stopping",
+                                  failures, _one_line(exc))
+                    return False
+            if all(getattr(sink, "failed", False) for sink in self.sinks):
+                _LOGGER.error("every sink has failed (e.g. stdout was closed); stopping")
+                self.stop_event.set()
+                self._wake.set()
+            audio_s = block_seconds(block)
+            self.timer.add(audio_s, time.perf_counter() - t)
+            self.counts["blocks"] += 1
+            self.counts["audio_s"] += audio_s
+            self._busy_since = None
+            if self.stop_event.is_set():
+                return True
+
+    def _end_stream(self, origin: float) -> None:
+        """Ends open captions; if the chain cannot (it is what failed), the tracker still can."""
+        try:
+            self._dispatch(self.chain.end_stream(origin))
+        except Exception as exc:  # noqa: BLE001 - the stream is being abandoned anyway
+            _LOGGER.debug("ending the stream failed (%s); ending the captions directly", _one_line(exc))
+            end = getattr(self.chain, "_last_end", None) or origin
+            try:
+                self._dispatch(self.chain.tracker.finish(end, origin))
+            except Exception:  # noqa: BLE001
+                _LOGGER.error("cannot end the open captions: %s", _one_line(exc))
+            self.chain._stream = None  # the next block starts a fresh stream
 
     def _dispatch(self, outputs: list[Any]) -> None:
         for out in outputs:
@@ -167,18 +241,37 @@ class Service:
     def _call(self, sink: Any, method: str, *args: Any) -> None:
         try:
             getattr(sink, method)(*args)
-        except Exception:
+        except Exception as exc:
             # One log per sink: a broken sink must not stop captioning for the others.
             if id(sink) not in self._sink_failures:
                 self._sink_failures.add(id(sink))
-                _LOGGER.exception("sink %s failed in %s", type(sink).__name__, method)
+                _LOGGER.error("sink %s failed in %s: %s", getattr(sink, "kind", type(sink).__name__), method,
+                              _one_line(exc))
+                _LOGGER.debug("sink failure", exc_info=True)
 
     # --- main thread ----------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP and self.check_reload is not None:
+            # Checked on the main thread's loop, not in the handler.
+            self._hup.set()
+            self._wake.set()
+            return
         self._signal = signal.Signals(signum).name
         self.stop_event.set()
         self._wake.set()
+
+    def _on_hup(self) -> None:
+        self._hup.clear()
+        problem = self.check_reload() if self.check_reload is not None else None
+        if problem:
+            _LOGGER.error("SIGHUP: the new configuration is refused (%s); going on with the running one", problem)
+            return
+        _LOGGER.info("SIGHUP: reloading the configuration (stop, deliver, start again)")
+        self.notifier.reloading("reloading the configuration")
+        self.reload_requested = True
+        self._signal = "SIGHUP"
+        self.stop_event.set()
 
     def request_stop(self) -> None:
         """Asks the service to stop (as SIGTERM does)."""
@@ -216,19 +309,23 @@ class Service:
         latencies: list[float] = []
         for sink in self.sinks:
             st = sink.stats()
-            queue_depth += st.get("mqtt_queue", 0)
-            dropped += st.get("mqtt_dropped", 0)
-            if "mqtt_connected" in st:
-                out["mqtt_connected"] = st["mqtt_connected"]
-            if hasattr(sink, "latencies"):
-                latencies += sink.latencies()
+            queue_depth += st.queued
+            dropped += st.dropped
+            if st.connected is not None:
+                out[f"{st.kind}_connected"] = st.connected
+            latencies += st.latencies_s
         out["queue_depth"] = queue_depth
         out["dropped_captions"] = dropped
         out["publish_latency_ms_p50"] = _round(_ms(percentile(latencies, 50)))
         out["publish_latency_ms_p95"] = _round(_ms(percentile(latencies, 95)))
+        out["bad_blocks"] = self.counts["bad_blocks"]
+        out["source_failures"] = self.counts["source_failures"]
         for key in ("clips", "corrupt"):
             if key in src:
                 out[f"replay_{key}"] = src[key]
+        for key in ("truncated", "damaged", "nonfinite"):
+            if key in src:
+                out[f"file_{key}"] = src[key]
         return out
 
     def _status_line(self, m: dict[str, Any]) -> str:
@@ -240,11 +337,12 @@ class Service:
         """Runs until stopped (signal, :meth:`request_stop`) or, with ``exit_at_end``, the source ends.
 
         Returns:
-          The process exit code: 0 after a clean stop, 1 if the worker failed.
+          The process exit code: 0 after a clean stop, 1 if the chain kept
+          failing, ``EX_DATAERR`` (65) if a file or replay failed mid-way.
         """
         old_handlers = {}
         if self.handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
         try:
             for sink in self.sinks:
@@ -280,6 +378,8 @@ class Service:
                     self._call(sink, "on_metrics", m)
                 self.notifier.status(self._status_line(m))
                 next_metrics = now + interval
+            if self._hup.is_set():
+                self._on_hup()
             if self.stop_event.is_set():
                 return
             if self._worker_done.is_set():
@@ -318,7 +418,14 @@ class Service:
         _LOGGER.info("stopped after %.1f s of audio, %d caption edges, %d dropped, in %.2f s",
                      m["audio_s"], m["events"], m["dropped_captions"], time.monotonic() - t0)
         self.notifier.close()
-        return 1 if self._error is not None else 0
+        if self._error is not None:
+            return 1
+        return EX_DATAERR if self._source_failed and not signalled else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _ms(seconds: float | None) -> float | None:

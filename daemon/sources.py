@@ -25,11 +25,14 @@ from typing import Any, Iterator, Protocol, Union
 import numpy as np
 import numpy.typing as npt
 
-from daemon.config import Config, MicConfig, SourceSpec, parse_source
-from daemon.exitcodes import EX_NOINPUT, EX_UNAVAILABLE, ExitError
+from daemon.config import Config, MicConfig, SourceSpec, parse_source, resample_problem
+from daemon.exitcodes import EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, ExitError
 from pipeline import params
 
 _LOGGER = logging.getLogger(__name__)
+
+FILE_SKIP_SECONDS = 1.0
+"""Audio skipped past a region of a file the decoder cannot read (then it tries again)."""
 
 class SourceError(ExitError):
     """A source cannot start; ``exit_code`` is the sysexits code to leave with."""
@@ -120,6 +123,12 @@ def _sleep_until(deadline: float, stop: threading.Event) -> None:
 class FileSource:
     """A WAV/FLAC/OGG file (anything libsndfile reads).
 
+    Damaged files are captioned as far as they can be: a region the decoder
+    cannot read (a FLAC that lost sync) is skipped (:data:`FILE_SKIP_SECONDS`
+    at a time, open captions ended by a :class:`StreamBreak`), a truncated
+    file is read up to where it ends, NaN/Inf samples are zeroed; each is
+    logged once with the file and how much was read, and counted.
+
     Args:
       path: the audio file.
       realtime: sleep so that audio is delivered at the pace it plays.
@@ -139,13 +148,16 @@ class FileSource:
         self.sample_rate = 0
         self.channels = 0
         self.frames = 0
+        self.claimed_frames = 0
         self._blocks = 0
+        self.counters = {"truncated": 0, "damaged": 0, "nonfinite": 0}
 
     def open(self) -> None:
         """Reads the header.
 
         Raises:
-          SourceError: (EX_NOINPUT) naming the path and why it cannot be read.
+          SourceError: (EX_NOINPUT) naming the path and why it cannot be read;
+            (EX_DATAERR) a sample rate that cannot be resampled to 16 kHz.
         """
         import soundfile as sf
 
@@ -162,34 +174,92 @@ class FileSource:
         if info.samplerate <= 0 or info.channels <= 0:
             raise SourceError(f"audio file {self.path} has no audio (rate {info.samplerate}, "
                               f"{info.channels} channels)", EX_NOINPUT)
+        problem = resample_problem(int(info.samplerate))
+        if problem:
+            raise SourceError(f"audio file {self.path}: {problem}", EX_DATAERR)
         self.sample_rate, self.channels, self.frames = int(info.samplerate), int(info.channels), int(info.frames)
+        self.claimed_frames = _claimed_frames(info.extra_info or "", self.frames)
         if self.block_frames <= 0:
             self.block_frames = max(1, int(round(params.FILE_BLOCK_SECONDS * self.sample_rate)))
 
-    def blocks(self, stop: threading.Event) -> Iterator[AudioBlock]:
+    def blocks(self, stop: threading.Event) -> Iterator[AudioBlock | StreamBreak]:
         """Yields the file in blocks; at real-time pace, one block per block duration."""
         import soundfile as sf
 
         if not self.sample_rate:
             self.open()
+        if self.claimed_frames > self.frames:
+            self.counters["truncated"] += 1
+            _LOGGER.warning("%s is truncated: its header promises %.1f s, the file holds %.1f s (%d frames); "
+                            "captioning what is there", self.path, self.claimed_frames / self.sample_rate,
+                            self.frames / self.sample_rate, self.frames)
         t_start = self.start_time if self.start_time is not None else time.time()
         m0 = time.monotonic()
         done = 0
+        stream = 0
+        skip = max(self.block_frames, int(FILE_SKIP_SECONDS * self.sample_rate))
         with sf.SoundFile(self.path) as fh:
             while not stop.is_set():
-                data = fh.read(self.block_frames, dtype="float32", always_2d=True)
+                try:
+                    data = fh.read(self.block_frames, dtype="float32", always_2d=True)
+                except Exception as exc:  # noqa: BLE001 - libsndfile's errors have no common type
+                    done = self._skip_damage(fh, done, skip, exc)
+                    yield StreamBreak(time.time())  # open captions end where the audio did
+                    if done < 0:
+                        return
+                    stream += 1
+                    continue
                 if data.shape[0] == 0:
                     return
+                if not np.isfinite(data).all():
+                    self.counters["nonfinite"] += 1
+                    if self.counters["nonfinite"] == 1:
+                        _LOGGER.warning("%s holds NaN/Inf samples (first at %.2f s); they are replaced by silence",
+                                        self.path, done / self.sample_rate)
+                    data = np.where(np.isfinite(data), data, np.float32(0.0))
                 t0 = t_start + done / self.sample_rate
                 done += data.shape[0]
                 if self.realtime:
                     _sleep_until(m0 + done / self.sample_rate, stop)
                 self._blocks += 1
-                yield AudioBlock(data, self.sample_rate, t0, time.time(), 0)
+                yield AudioBlock(data, self.sample_rate, t0, time.time(), stream)
+
+    def _skip_damage(self, fh: Any, done: int, skip: int, exc: BaseException) -> int:
+        """Seeks past a region the decoder cannot read; the new position, or -1 at the end."""
+        self.counters["damaged"] += 1
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        target = done + skip
+        if target < self.frames:
+            try:
+                fh.seek(target)
+            except Exception:  # noqa: BLE001 - a seek past the damage failed too: the file ends here
+                target = self.frames
+        if target >= self.frames:
+            self.counters["truncated"] += 1
+            _LOGGER.warning("%s ends early: cannot decode past %.1f s of %.1f s (%s); read %d of %d frames",
+                            self.path, done / self.sample_rate, self.frames / self.sample_rate, reason, done,
+                            self.frames)
+            return -1
+        level = logging.WARNING if self.counters["damaged"] == 1 else logging.DEBUG
+        _LOGGER.log(level, "%s: cannot decode at %.1f s (%s); skipped to %.1f s (%d damaged region(s) so far)",
+                    self.path, done / self.sample_rate, reason, target / self.sample_rate, self.counters["damaged"])
+        return target
 
     def stats(self) -> dict[str, Any]:
-        """Blocks read so far."""
-        return {"blocks": self._blocks}
+        """Blocks read, and the damage met."""
+        return {"blocks": self._blocks, **self.counters}
+
+
+def _claimed_frames(extra_info: str, frames: int) -> int:
+    """Frames a WAV header promises (libsndfile reports ``data : N (should be M)`` bytes for a
+    truncated file); ``frames`` when it says nothing."""
+    import re
+
+    data = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info, re.M)
+    align = re.search(r"Block Align\s*:\s*(\d+)", extra_info)
+    if not data or not align or int(align.group(1)) <= 0:
+        return frames
+    return max(frames, int(data.group(1)) // int(align.group(1)))
 
 
 # --- replay -------------------------------------------------------------------------
@@ -390,6 +460,9 @@ class MicSource:
         info = sd.query_devices(index, kind="input") if index is None else sd.query_devices(index)
         rate = self.config.sample_rate or int(round(info["default_samplerate"]))
         channels = self.config.channels or min(int(info["max_input_channels"]), 2)
+        problem = resample_problem(rate)
+        if problem:
+            raise SourceError(f"audio input {self.name}: {problem}; set [mic] sample_rate to a common rate")
         return rate, max(1, channels)
 
     def _callback(self, indata: npt.NDArray, frames: int, t: Any, status: Any) -> None:

@@ -7,8 +7,8 @@ import time
 
 
 from daemon.config import MqttConfig
-from daemon.mqtt import MqttSink
 from daemon.sinks import SinkContext
+from daemon.sinks.mqtt import MqttSink
 from pipeline.events import CaptionEvent
 
 import dhelpers
@@ -90,7 +90,7 @@ def test_broker_down_at_start_queues_in_order(tmp_path, subscriber_factory):
         # The subscriber may have connected after some were delivered: check the order of what it got
         # and that the sink had everything acknowledged.
         assert sink.drain(15), sink.stats()
-        assert sink.stats()["mqtt_dropped"] == 0
+        assert sink.stats().dropped == 0
         got = [(e["event_id"], e["type"]) for e in sub.events()]
         want = [(e.event_id, e.type) for e in events]
         assert got == want[len(want) - len(got):]
@@ -99,16 +99,48 @@ def test_broker_down_at_start_queues_in_order(tmp_path, subscriber_factory):
         broker.stop()
 
 
-def test_bounded_queue_counts_drops(tmp_path, caplog):
+def test_full_queue_refuses_whole_captions_and_keeps_states_true(tmp_path, subscriber_factory, caplog):
+    """Three classes start, a flood of short captions overflows the queue, then the three end.
+
+    Dropping the newest messages (as paho's own bound does) would drop the
+    three ends and OFF states, leaving three classes ON in the retained state.
+    """
+    broker = dhelpers.Mosquitto(tmp_path)
+    sink = MqttSink(_cfg(broker.port, queue_size=10), _ctx("small"))
+    sink.start()
+    t0 = 1_800_000_000.0
+    opened = [CaptionEvent(f"long{i}", "start", c, f"[{c}]", 0.9, t0, None, time.time())
+              for i, c in enumerate(CLASSES[:3])]
+    flood = _events(10, t0 + 1)
+    closed = [CaptionEvent(e.event_id, "end", e.label, e.caption, 0.9, t0, t0 + 20, time.time()) for e in opened]
+    try:
+        for ev in opened + flood + closed:
+            sink.on_event(ev)
+        st = sink.stats()
+        assert st.dropped > 0 and any("queue full" in r.getMessage() for r in caplog.records)
+        broker.start()
+        assert sink.drain(15), sink.stats()
+    finally:
+        sink.close()
+    late = subscriber_factory(broker.port, ["audiocap/small/state/+"])
+    assert late.wait_for(lambda m: len(m) >= 4, 5)
+    retained = {t.rsplit("/", 1)[1]: p for t, p, r in late.messages if r}
+    assert retained == {c: b"OFF" for c in CLASSES}, retained
+    broker.stop()
+
+
+def test_full_queue_drops_are_whole_captions(tmp_path):
     port = dhelpers.free_port()
-    sink = MqttSink(_cfg(port, queue_size=10), _ctx("small"))
+    sink = MqttSink(_cfg(port, queue_size=10), _ctx("small2"))
     sink.start()
     try:
         for ev in _events(10):
             sink.on_event(ev)
         st = sink.stats()
-        assert st["mqtt_queue"] == 10 and st["mqtt_dropped"] == 30
-        assert any("queue full" in r.getMessage() for r in caplog.records)
+        # e0..e2 fit (the end of a kept start always does: 12), e3..e9 are refused whole.
+        assert st.queued == 12 and st.dropped == 28
+        held = [(m.topic.rsplit("/", 1)[1], m.payload) for m in sink._held]
+        assert held[-2:] == [("events", held[-2][1]), ("Music", "OFF")]
     finally:
         sink.close()
 
@@ -140,7 +172,7 @@ def test_refused_connection_is_not_connected(tmp_path, caplog):
         broker.stop()
 
 
-def test_undelivered_captions_are_spooled_and_resent_first(tmp_path, subscriber_factory):
+def test_undelivered_captions_are_journaled_and_resent_first(tmp_path, subscriber_factory):
     broker = dhelpers.Mosquitto(tmp_path)
     spool = tmp_path / "state" / "mqtt-spool.jsonl"
     spool.parent.mkdir()
@@ -149,6 +181,8 @@ def test_undelivered_captions_are_spooled_and_resent_first(tmp_path, subscriber_
     events = _events(3)
     for ev in events:
         first.on_event(ev)
+    # Journaled as they were made, not at exit.
+    assert len(spool.read_text().splitlines()) == 12
     assert not first.drain(0.2)
     first.close()
     lines = spool.read_text().splitlines()
@@ -158,13 +192,16 @@ def test_undelivered_captions_are_spooled_and_resent_first(tmp_path, subscriber_
         sub = subscriber_factory(broker.port, ["audiocap/spool/events"])
         second = MqttSink(_cfg(broker.port, spool_file=str(spool)), _ctx("spool"))
         second.start()
-        assert not spool.exists()
         new = CaptionEvent("new", "start", "Music", "[Music]", 0.9, 1.9e9, None, time.time())
         second.on_event(new)
         assert second.drain(10)
         assert sub.wait_for(lambda m: len(m) >= 7, 10)
         got = [(e["event_id"], e["type"]) for e in sub.events()]
+        # The new caption is still open: its start is kept in the journal until it ends.
         assert got == [(e.event_id, e.type) for e in events] + [("new", "start")]
+        second.on_event(CaptionEvent("new", "end", "Music", "[Music]", 0.9, 1.9e9, 1.9e9 + 1, time.time()))
+        assert second.drain(10)
         second.close()
+        assert not spool.exists()  # everything delivered, nothing open: nothing to keep
     finally:
         broker.stop()

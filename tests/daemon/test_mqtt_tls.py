@@ -10,7 +10,7 @@ import pytest
 
 import dhelpers
 from daemon.config import MqttConfig
-from daemon.mqtt import MqttSink
+from daemon.sinks.mqtt import MqttSink
 from daemon.sinks import SinkContext
 from pipeline.events import CaptionEvent
 

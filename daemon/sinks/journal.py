@@ -1,0 +1,371 @@
+"""A write-ahead journal of messages that must reach the broker (captions, states).
+
+The MQTT sink appends every caption and state message here *before* handing
+it to paho, and marks it delivered when the broker's PUBACK arrives. What is
+in the journal and not marked delivered is re-sent at the next start, first
+and in order, and stays in the file until it is acknowledged; so a SIGKILL,
+an OOM kill, a watchdog abort or a crash loses nothing that was journaled.
+
+File format: JSON lines, UTF-8.
+
+* ``{"seq": 7, "t": 1795474506.9, "topic": "...", "payload": "...", "retain": true}``
+  a message (``"acked": true`` when a compaction kept a delivered one, see below);
+* ``{"ack": 7}`` message 7 was acknowledged by the broker.
+
+Durability. Every line is written with one ``write(2)`` at once, so it is in
+the kernel when :meth:`Journal.append` returns and survives the death of the
+process. A syncer thread ``fsync``\\ s it within :data:`SYNC_DELAY_S` (group
+commit: an event and its state, written back to back, share one ``fsync``),
+so a power cut loses at most the last :data:`SYNC_DELAY_S` plus one ``fsync``.
+Acknowledgements are not synced on their own: a lost ``ack`` only means one
+duplicate delivery, which QoS 1 allows.
+
+A line torn by a crash (or by a full disk) is skipped and counted at load;
+the file is then rewritten (compacted) with only what still matters, through
+a temporary file, ``fsync`` and ``rename``. The same compaction runs while
+the daemon works, once enough delivered lines have piled up.
+
+Full disk: a write that fails is undone (the file is truncated back to its
+last whole line), logged once and counted; the message is still handed to
+paho, so it is only lost if the process also dies before the broker has it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+_LOGGER = logging.getLogger(__name__)
+
+SYNC_DELAY_S = 0.05
+"""Group commit: lines are fsync'd at most this long after they were written
+(plus the fsync itself); ``bench/journal.py`` measures what an fsync costs."""
+COMPACT_MIN_DEAD = 1000
+"""Compact once this many lines (and more than twice the live ones) are dead."""
+
+
+class JournalError(OSError):
+    """The journal cannot be created or written at start-up (one line: path and reason)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journaled message.
+
+    Attributes:
+      seq: position in the journal (increasing, never reused within a file).
+      topic: MQTT topic.
+      payload: the message, as published.
+      retain: the retain flag.
+      t: wall-clock time it was journaled (UTC epoch seconds).
+      acked: the broker has it (kept only as the start of a caption still open).
+    """
+
+    seq: int
+    topic: str
+    payload: str
+    retain: bool
+    t: float
+    acked: bool = False
+
+    def line(self) -> str:
+        """The entry as one journal line."""
+        item = {"seq": self.seq, "t": round(self.t, 3), "topic": self.topic, "payload": self.payload,
+                "retain": self.retain}
+        if self.acked:
+            item["acked"] = True
+        return json.dumps(item, ensure_ascii=False) + "\n"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What :meth:`Journal.load` found.
+
+    Attributes:
+      entries: every message line, in order, with ``acked`` set for those
+        whose acknowledgement is in the file.
+      torn: lines that could not be read (a torn last line after a crash).
+      last_write: when the file was last written (its mtime), UTC epoch
+        seconds; 0 when there was no file.
+    """
+
+    entries: tuple[Entry, ...]
+    torn: int
+    last_write: float
+
+
+class Journal:
+    """An append-only, fsync'd message journal with acknowledgements.
+
+    Args:
+      path: the journal file; its directory must exist and be writable.
+      sync_delay_s: group-commit delay; 0 syncs every write before returning.
+    """
+
+    def __init__(self, path: str | os.PathLike, sync_delay_s: float = SYNC_DELAY_S) -> None:
+        self.path = Path(path)
+        self.sync_delay_s = sync_delay_s
+        self._lock = threading.Condition()
+        self._fd = -1
+        self._size = 0
+        self._seq = 0
+        self._live: dict[int, Entry] = {}  # not yet acknowledged, in order
+        self._kept: dict[int, Entry] = {}  # acknowledged but kept (open captions)
+        self._dead = 0
+        self._dirty = False
+        self._closing = False
+        self._syncer: threading.Thread | None = None
+        self.counters = {"written": 0, "acked": 0, "write_errors": 0, "fsyncs": 0, "compactions": 0, "torn": 0}
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Fails early (at start-up, not at exit) when the journal cannot be written.
+
+        Raises:
+          JournalError: naming the path and the reason.
+        """
+        d = self.path.parent
+        if not d.is_dir():
+            raise JournalError(f"[mqtt] spool_file: the directory of {self.path} does not exist")
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            probe = d / f".{self.path.name}.probe"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            os.unlink(probe)  # compaction needs to create and rename files there
+        except OSError as exc:
+            raise JournalError(f"[mqtt] spool_file: cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def load(self) -> Loaded:
+        """Reads what a previous run left (nothing is changed on disk)."""
+        try:
+            raw = self.path.read_bytes()
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return Loaded((), 0, 0.0)
+        except OSError as exc:
+            raise JournalError(f"[mqtt] spool_file: cannot read {self.path}: {exc.strerror or exc}") from None
+        entries: dict[int, Entry] = {}
+        acks: set[int] = set()
+        torn = 0
+        for line in raw.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if "ack" in item:
+                    acks.add(int(item["ack"]))
+                    continue
+                e = Entry(int(item["seq"]), str(item["topic"]), str(item["payload"]), bool(item["retain"]),
+                          float(item.get("t", 0.0)), bool(item.get("acked", False)))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                torn += 1
+                continue
+            entries[e.seq] = e
+        out = tuple(Entry(e.seq, e.topic, e.payload, e.retain, e.t, e.acked or e.seq in acks)
+                    for e in sorted(entries.values(), key=lambda x: x.seq))
+        self.counters["torn"] += torn
+        return Loaded(out, torn, mtime)
+
+    def open(self, keep: Iterable[Entry]) -> None:
+        """Rewrites the file with ``keep`` (in order, seq numbers kept) and opens it for appending.
+
+        Raises:
+          JournalError: the file cannot be written.
+        """
+        keep = list(keep)
+        with self._lock:
+            self._live = {e.seq: e for e in keep if not e.acked}
+            self._kept = {e.seq: e for e in keep if e.acked}
+            self._seq = max((e.seq for e in keep), default=0)
+            try:
+                self._rewrite_locked()
+            except OSError as exc:
+                raise JournalError(f"[mqtt] spool_file: cannot write {self.path}: {exc.strerror or exc}") from None
+        if self.sync_delay_s > 0:
+            self._syncer = threading.Thread(target=self._sync_loop, name="audiocap-journal-sync", daemon=True)
+            self._syncer.start()
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def append(self, topic: str, payload: str, retain: bool) -> Entry:
+        """Journals one message; returns its entry (``seq`` identifies it for :meth:`ack`).
+
+        A failed write (full disk) is undone, logged once and counted; the
+        entry is still returned so the caller can deliver it from memory.
+        """
+        with self._lock:
+            self._seq += 1
+            e = Entry(self._seq, topic, payload, retain, time.time())
+            if self._write_locked(e.line()):
+                self._live[e.seq] = e
+                self.counters["written"] += 1
+                if self.sync_delay_s <= 0:
+                    self._fsync_locked()
+            return e
+
+    def ack(self, seq: int) -> None:
+        """Marks message ``seq`` delivered (no fsync: a lost ack is a duplicate, not a loss)."""
+        with self._lock:
+            if self._live.pop(seq, None) is None:
+                return
+            self.counters["acked"] += 1
+            self._dead += 1
+            if self._write_locked(json.dumps({"ack": seq}) + "\n"):
+                self._dead += 1
+
+    def keep(self, entry: Entry) -> None:
+        """Keeps ``entry`` through compactions even once delivered (a caption start
+        still open: a crash must be able to end it at the next start)."""
+        with self._lock:
+            self._kept[entry.seq] = Entry(entry.seq, entry.topic, entry.payload, entry.retain, entry.t, True)
+
+    def release(self, seqs: Iterable[int]) -> None:
+        """Stops keeping the given entries (their caption ended)."""
+        with self._lock:
+            for seq in seqs:
+                self._kept.pop(seq, None)
+
+    def maybe_compact(self) -> None:
+        """Rewrites the file when delivered lines outnumber the live ones (cheap to call often)."""
+        with self._lock:
+            live = len(self._live) + len(self._kept)
+            if self._fd < 0 or self._dead < max(COMPACT_MIN_DEAD, 2 * live):
+                return
+            try:
+                self._rewrite_locked()
+            except OSError as exc:  # keep appending to the old file; try again later
+                self._dead = 0
+                _LOGGER.warning("cannot compact the journal %s: %s", self.path, exc.strerror or exc)
+
+    @property
+    def pending(self) -> int:
+        """Messages journaled and not yet acknowledged."""
+        with self._lock:
+            return len(self._live)
+
+    def close(self) -> None:
+        """Syncs; removes the file when nothing in it matters any more."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+            if self._fd < 0:
+                return
+            try:
+                if not self._live and not self._kept:
+                    os.close(self._fd)
+                    self._fd = -1
+                    self.path.unlink(missing_ok=True)
+                    return
+                self._rewrite_locked()
+            except OSError as exc:
+                _LOGGER.warning("cannot finish the journal %s: %s", self.path, exc.strerror or exc)
+            finally:
+                if self._fd >= 0:
+                    self._fsync_locked()
+                    os.close(self._fd)
+                    self._fd = -1
+        if self._syncer is not None:
+            self._syncer.join(timeout=1.0)
+
+    # --- internals (caller holds _lock) ---------------------------------------------------------------
+
+    def _write_locked(self, line: str) -> bool:
+        if self._fd < 0:
+            return False
+        data = line.encode("utf-8")
+        try:
+            n = os.write(self._fd, data)
+            if n != len(data):
+                raise OSError(28, f"short write ({n} of {len(data)} bytes)")
+        except OSError as exc:
+            # Undo the torn tail so the next line starts on a line of its own.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            self.counters["write_errors"] += 1
+            if self.counters["write_errors"] == 1 or self.counters["write_errors"] % 1000 == 0:
+                _LOGGER.error("cannot write the journal %s (%s): %d message(s) so far are kept in memory only",
+                              self.path, exc.strerror or exc, self.counters["write_errors"])
+            return False
+        self._size += n
+        if not self._dirty:
+            self._dirty = True
+            self._lock.notify_all()
+        return True
+
+    def _fsync_locked(self) -> None:
+        if self._fd >= 0 and self._dirty:
+            try:
+                os.fsync(self._fd)
+                self.counters["fsyncs"] += 1
+            except OSError as exc:
+                _LOGGER.warning("fsync of the journal %s failed: %s", self.path, exc.strerror or exc)
+            self._dirty = False
+
+    def _rewrite_locked(self) -> None:
+        # A start still open may be both live (unacknowledged) and kept: once, as live.
+        entries = sorted({**self._kept, **self._live}.values(), key=lambda e: e.seq)
+        data = "".join(e.line() for e in entries).encode("utf-8")
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, self.path)
+        try:  # the rename itself must survive a power cut
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._size = len(data)
+        self._dead = 0
+        self._dirty = False
+        self.counters["compactions"] += 1
+
+    def _sync_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing and not self._dirty:
+                    self._lock.wait(1.0)
+                if self._closing:
+                    return
+            # Let the pair (event, state) written back to back share one fsync.
+            time.sleep(self.sync_delay_s)
+            with self._lock:
+                if self._fd < 0 or not self._dirty:
+                    continue
+                # fsync a duplicate outside the lock: appends (the caption
+                # thread) never wait for the disk. A compaction meanwhile only
+                # makes this sync an old inode, which it already synced itself.
+                fd = os.dup(self._fd)
+                self._dirty = False
+            try:
+                os.fsync(fd)
+                self.counters["fsyncs"] += 1
+            except OSError as exc:
+                _LOGGER.warning("fsync of the journal %s failed: %s", self.path, exc.strerror or exc)
+            finally:
+                os.close(fd)
