@@ -288,13 +288,16 @@
     var online = n.state !== "offline";
     ui.section.classList.toggle("is-offline", !online);
     ui.status.setAttribute("data-state", online ? "online" : "offline");
+    var text;
     if (online) {
-      ui.statusText.textContent = n.state === "online" ? "Listening" : "Listening (status not reported yet)";
+      text = n.state === "online" ? "Listening" : "Listening (status not reported yet)";
     } else if (n.offlineSince === null) {
-      ui.statusText.textContent = "Offline";
+      text = "Offline";
     } else {
-      ui.statusText.textContent = (n.offlineBefore ? "Offline since before " : "Offline since ") + clock(n.offlineSince);
+      text = (n.offlineBefore ? "Offline since before " : "Offline since ") + clock(n.offlineSince);
     }
+    // Without the broker the page cannot know: it says so.
+    ui.statusText.textContent = link.state === "connected" ? text : "Last known: " + text.charAt(0).toLowerCase() + text.slice(1);
 
     // Cards: exactly the active captions of an online node.
     var want = online ? n.active : new Map();
@@ -363,7 +366,7 @@
 
   function renderLevels(n) {
     var ui = n.ui;
-    var show = settings.scores && n.scores !== null && n.state !== "offline";
+    var show = settings.scores && n.scores !== null && n.state !== "offline" && link.state === "connected";
     ui.levels.hidden = !show;
     if (!show) return;
     ui.levels.setAttribute("data-scores-t", n.scoresT || "");

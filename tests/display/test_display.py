@@ -9,13 +9,18 @@ counts) and screenshots go to runs/display/.
 from __future__ import annotations
 
 import json
+import re
 import signal
+import ssl
 import statistics
+import subprocess
 import time
+import urllib.request
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import display_helpers as dh
+from display_helpers import dhelpers
 
 
 def _local_clock(iso: str) -> str:
@@ -91,6 +96,7 @@ def test_live_captions_per_room_then_sigkill_shows_the_room_offline(
     entries = _check_history(browser, observer)
     assert {e["node"] for e in entries} <= {"kitchen", "hall"}
     dh.screenshot(browser, "tv-1080p")
+    axe = {"tv-live": dh.axe_counts(dh.run_axe(browser, "tv-live"))}
     dh.set_viewport(browser, 412, 915, mobile=True)
     time.sleep(0.5)
     sizes = browser.execute_script(
@@ -99,6 +105,7 @@ def test_live_captions_per_room_then_sigkill_shows_the_room_offline(
     assert sizes and min(sizes) >= 48, sizes
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 412
     dh.screenshot(browser, "phone-portrait")
+    axe["phone-live"] = dh.axe_counts(dh.run_axe(browser, "phone-live"))
     dh.set_viewport(browser, 1920, 1080)
 
     # SIGKILL: no clean "offline" from the daemon; the broker's last will says it.
@@ -114,9 +121,13 @@ def test_live_captions_per_room_then_sigkill_shows_the_room_offline(
     assert "Offline since" in status["text"]
     assert dh.dom(browser, "[data-node-status][data-node=hall]")[0]["state"] == "online"
     dh.screenshot(browser, "tv-1080p-node-offline")
+    axe["tv-node-offline"] = dh.axe_counts(dh.run_axe(browser, "tv-node-offline"))
 
     lat = _latencies(browser, observer)
     assert lat["start"] and lat["end"]
+    _record("axe", axe)
+    for state, counts in axe.items():
+        assert counts["critical"] == counts["serious"] == 0, (state, counts)
     _record("latency", {
         "shown_offline_after_sigkill_s": round(offline_after, 3),
         "delivery_to_display_s": {k: {"n": len(v), "median": round(statistics.median(v), 4), "max": round(max(v), 4)}
@@ -124,3 +135,163 @@ def test_live_captions_per_room_then_sigkill_shows_the_room_offline(
     })
     # The page is told about as soon as the observer (same broker, same machine).
     assert max(lat["start"] + lat["end"]) < 2.0, lat
+
+
+def test_ended_captions_fill_the_history_and_the_display_account_cannot_publish(
+    broker, browser, daemons, observer, replay_subset
+):
+    browser.get(broker.page_url(history="500"))
+    dh.wait_until(lambda: dh.dom(browser, "[data-connection=connected]"), 15, what="the page connected")
+    attic = daemons("attic", replay_subset("attic", 0, 12), "--pace", "fast", "--exit-at-end")
+    assert attic.wait(90) == 0, (broker.workdir / "audiocapd-attic.log").read_text()[-2000:]
+    # A clean stop: every caption was ended, then "offline".
+    assert observer.wait_for(lambda m: observer.payloads("attic/status")[-1:] == [b"offline"], 10)
+    ends = [e for _, e in dh.delivered(observer) if e["type"] == "end"]
+    assert len(ends) >= 5, "the replay must end several captions for this test to mean anything"
+    entries = dh.wait_until(
+        lambda: (lambda got: got if len(got) >= len(ends) else None)(dh.dom(browser, "[data-history-entry]")),
+        15, what=f"{len(ends)} history entries")
+    _check_history(browser, observer)
+    # Newest first, each once (QoS 1 may deliver twice; the page shows it once).
+    want = list(dict.fromkeys(e["event_id"] for e in ends))[::-1]
+    assert [e["event-id"] for e in entries] == want
+    assert not dh.dom(browser, "[data-active-caption]")
+    assert dh.dom(browser, "[data-node-status][data-node=attic]")[0]["state"] == "offline"
+
+    # The display's account is read-only (display/mosquitto.acl): what it publishes never
+    # reaches a subscriber; the daemon's account, the control, does.
+    fake = {"schema": 1, "event_id": "fake", "type": "end", "label": "Speech", "caption": "[Speech]", "score": 1,
+            "start": "2026-01-01T00:00:00.000Z", "end": "2026-01-01T00:00:01.000Z", "node": "attic"}
+    control = dict(fake, event_id="control", label="Music", caption="[Music]", urgent=True, level_db=-20.5)
+    for user, password, payload in ((dh.DISPLAY_USER, dh.DISPLAY_PASSWORD, fake),
+                                    (dh.DAEMON_USER, dh.DAEMON_PASSWORD, control)):
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.daemon_port), "-u", user, "-P", password,
+                        "-q", "1", "-t", "audiocap/attic/events", "-m", json.dumps(payload)], check=True, timeout=10)
+    dh.wait_until(lambda: dh.dom(browser, "[data-history-entry][data-event-id=control]"), 5,
+                  what="the control event (with keys the page does not know) in the history")
+    assert not dh.dom(browser, "[data-history-entry][data-event-id=fake]")
+    assert "fake" not in {e["event_id"] for _, e in dh.delivered(observer)}
+
+
+def test_page_reconnects_by_itself_after_a_broker_restart(broker, browser, daemons, observer, bal_train_dir):
+    daemons("porch", bal_train_dir)
+    browser.get(broker.page_url())
+    dh.wait_until(lambda: dh.dom(browser, "[data-connection=connected]"), 15, what="the page connected")
+    dh.wait_until(lambda: dh.dom(browser, "[data-node-status][data-node=porch][data-state=online]"), 30,
+                  what="porch online")
+    t_before = dh.wait_until(lambda: (dh.dom(browser, "[data-scores-t]") or [{}])[0].get("scores-t"), 15,
+                             what="live levels")
+    assert not browser.find_element("id", "banner").is_displayed()
+
+    broker.stop()
+    banner = dh.wait_until(lambda: (lambda b: b if b.is_displayed() else None)(browser.find_element("id", "banner")),
+                           5, what="the connection banner")
+    assert "not live" in banner.text
+    assert not dh.dom(browser, "[data-connection=connected]")
+    dh.screenshot(browser, "tv-1080p-connection-lost")
+    counts = dh.axe_counts(dh.run_axe(browser, "connection-lost"))
+    assert counts["critical"] == counts["serious"] == 0, counts
+
+    restarted = time.monotonic()
+    broker.start()
+    dh.wait_until(lambda: dh.dom(browser, "[data-connection=connected]"), 15, what="the page reconnected")
+    reconnected_after = time.monotonic() - restarted
+    assert not browser.find_element("id", "banner").is_displayed()
+    # Live again: levels from a window scored after the restart, the node online.
+    dh.wait_until(lambda: (dh.dom(browser, "[data-scores-t]") or [{}])[0].get("scores-t", "") > t_before, 15,
+                  what="levels newer than before the restart")
+    assert dh.dom(browser, "[data-node-status][data-node=porch]")[0]["state"] == "online"
+    _record("reconnect", {"reconnected_after_broker_start_s": round(reconnected_after, 3)})
+
+
+def test_shipped_broker_config_serves_the_page_over_http_and_https_with_a_read_only_display(tmp_path):
+    """display/mosquitto.conf as shipped (its wss block switched on), only ports and
+    paths made local: it must start, serve the page, and enforce the accounts."""
+    dh.require_display_parts()
+    ports = {p: str(dhelpers.free_port()) for p in ("1883", "9001", "9443")}
+    cert, key = tmp_path / "display.crt", tmp_path / "display.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    passwd = tmp_path / "audiocap.passwd"
+    passwd.write_text("")
+    for user, password in ((dh.DAEMON_USER, dh.DAEMON_PASSWORD), (dh.DISPLAY_USER, dh.DISPLAY_PASSWORD)):
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+    conf = (dh.DISPLAY / "mosquitto.conf").read_text()
+    conf = re.sub(r"^#(listener 9443|protocol|http_dir|certfile|keyfile|tls_version)", r"\1", conf, flags=re.M)
+    conf = re.sub(r"^listener (\d+)$", lambda m: f"listener {ports[m.group(1)]} 127.0.0.1", conf, flags=re.M)
+    for shipped, local in (("/etc/mosquitto/audiocap.passwd", passwd), ("/etc/mosquitto/audiocap.acl",
+                           dh.DISPLAY / "mosquitto.acl"), ("/opt/audiocap/display", dh.DISPLAY),
+                           ("/etc/mosquitto/certs/display.crt", cert), ("/etc/mosquitto/certs/display.key", key)):
+        assert shipped in conf
+        conf = conf.replace(shipped, str(local))
+    (tmp_path / "mosquitto.conf").write_text(f"user root\nlog_dest file {tmp_path / 'mosquitto.log'}\n" + conf)
+    proc = subprocess.Popen(["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
+    try:
+        for p in ports.values():
+            dhelpers.wait_port(int(p))
+        page = urllib.request.urlopen(f"http://127.0.0.1:{ports['9001']}/index.html", timeout=5).read()
+        assert b"data-connection" in page
+        tls = ssl.create_default_context(cafile=str(cert))
+        page = urllib.request.urlopen(f"https://127.0.0.1:{ports['9443']}/index.html", timeout=5, context=tls).read()
+        assert b"data-connection" in page
+        lib = urllib.request.urlopen(f"https://127.0.0.1:{ports['9443']}/node_modules/mqtt/dist/mqtt.min.js",
+                                     timeout=5, context=tls).read()
+        assert len(lib) > 10_000
+
+        def mqtt_tool(tool: str, user: str | None, *args: str, **kw) -> subprocess.CompletedProcess:
+            auth = ["-u", user, "-P", dict(((dh.DAEMON_USER, dh.DAEMON_PASSWORD),
+                                            (dh.DISPLAY_USER, dh.DISPLAY_PASSWORD)))[user]] if user else []
+            return subprocess.run([tool, "-h", "127.0.0.1", "-p", ports["1883"], *auth, *args], capture_output=True,
+                                  text=True, timeout=15, **kw)
+
+        assert mqtt_tool("mosquitto_sub", None, "-t", "audiocap/#", "-C", "1", "-W", "3").returncode != 0
+        reader = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", ports["1883"], "-u", dh.DISPLAY_USER,
+                                   "-P", dh.DISPLAY_PASSWORD, "-t", "audiocap/#", "-C", "1", "-W", "10"],
+                                  stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # subscribed
+        mqtt_tool("mosquitto_pub", dh.DISPLAY_USER, "-t", "audiocap/x/status", "-m", "forged", "-q", "1", check=True)
+        mqtt_tool("mosquitto_pub", dh.DAEMON_USER, "-t", "audiocap/x/status", "-m", "online", "-q", "1", check=True)
+        out, _ = reader.communicate(timeout=15)
+        assert out.split() == ["online"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_reduced_motion_turns_the_flash_and_vibration_off_and_the_switches_work_from_the_keyboard(broker, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    def switches() -> dict[str, bool]:
+        return {k: browser.find_element("id", f"opt-{k}").is_selected() for k in ("flash", "vibrate", "scores")}
+
+    browser.get(broker.page_url())
+    assert switches() == {"flash": True, "vibrate": True, "scores": True}
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                            {"features": [{"name": "prefers-reduced-motion", "value": "reduce"}]})
+    browser.get(broker.page_url())
+    assert switches() == {"flash": False, "vibrate": False, "scores": True}
+    # Tab to the flash switch and turn it on with the space bar; the choice is remembered.
+    for _ in range(12):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        if browser.switch_to.active_element.get_attribute("id") == "opt-flash":
+            break
+    assert browser.switch_to.active_element.get_attribute("id") == "opt-flash"
+    ActionChains(browser).send_keys(Keys.SPACE).perform()
+    assert switches()["flash"] is True
+    browser.get(broker.page_url())
+    assert switches()["flash"] is True
+
+
+def test_the_axe_harness_can_fail(broker, browser):
+    """The accessibility checks above mean something: text at 4.5:1 passes AA but
+    not the AAA contrast the page promises, and axe (as run here) says so."""
+    browser.get(broker.page_url())
+    browser.execute_script(
+        "var p = document.createElement('p'); p.textContent = 'grey on grey';"
+        "p.style.cssText = 'color: #767676; background: #ffffff; font-size: 16px';"
+        "document.querySelector('main').appendChild(p);")
+    result = dh.run_axe(browser, "harness-check")
+    assert "color-contrast-enhanced" in {v["id"] for v in result["violations"]}
+    assert dh.axe_counts(result)["serious"] >= 1
