@@ -407,7 +407,8 @@ class Service:
         if self._worker.is_alive():
             _LOGGER.warning("the worker did not stop within %.1f s; leaving it", budget * 0.4)
         if signalled:
-            drain = max(0.05, budget - (time.monotonic() - t0) - 0.5)
+            # Keep 1 s for closing: the MQTT sink may wait 0.5 s for paho's thread.
+            drain = max(0.05, budget - (time.monotonic() - t0) - 1.0)
         else:
             drain = self.config.daemon.drain_timeout_s
         for sink in self.sinks:
