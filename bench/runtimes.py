@@ -9,7 +9,9 @@ Per configuration it prints the time the whole chain takes per second of
 44.1 kHz audio (resample, log-mel, VGGish, PCA, window, classifier, events;
 p50/p95 over 1 s blocks), with one and two threads; the process peak RSS;
 start-up time (process start to models loaded, and to the first window's
-scores); and agreement with the TensorFlow path on a set of recordings
+scores); the cost of per-second captions on the edge profile (LiteRT int8,
+one thread, with the bundle's per-second model vs the 10-s window score that
+captioned before); and agreement with the TensorFlow path on a set of recordings
 (espeak-ng speech, tones, noise) and replayed AudioSet embeddings: uint8
 embedding disagreement and caption events.
 
@@ -35,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The checkout first: bench/daemon.py would otherwise shadow the daemon package.
 sys.path.insert(0, str(REPO))
 RATE = 44100
+WINDOW_RUN = "litert int8, 1 thread, before"
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -43,7 +46,7 @@ def _child(args: argparse.Namespace) -> None:
     import numpy as np
 
     from daemon.chain import CaptionChain, WindowScores
-    from daemon.config import ModelConfig
+    from daemon.config import EventsConfig, ModelConfig
     from daemon.models import build_models, build_tracker
     from daemon.sources import AudioBlock, EmbeddingBlock
     from pipeline.events import CaptionEvent
@@ -51,8 +54,10 @@ def _child(args: argparse.Namespace) -> None:
     cfg = ModelConfig(vggish=args.vggish, pca=args.pca, classifier="", runtime=args.runtime, num_threads=args.threads)
     models = build_models(cfg)
     ready_s = time.time() - spawned
+    events = EventsConfig(scoring=args.scoring)
+
     def chain() -> CaptionChain:
-        return CaptionChain(models.classifier, build_tracker(models), models.make_embedder)
+        return CaptionChain(models.classifier, build_tracker(models, events), models.make_embedder)
 
     data = np.load(args.audio)
     # Timing: args.seconds of audio in 1 s blocks, audio-clock stamps 1 s apart.
@@ -105,6 +110,7 @@ def _child(args: argparse.Namespace) -> None:
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "ready_s": ready_s, "first_scores_s": first_scores_s,
         "tensorflow_loaded": "tensorflow" in sys.modules, "results": results,
+        "scoring": chain().tracker.scoring,
     }))
 
 
@@ -134,7 +140,7 @@ def _prepare(workdir: Path) -> tuple[Path, dict[str, Path], Path]:
         "noise": helpers.noise(12.0, RATE, seed=11),
         "chirp": helpers.chirp(12.0, RATE),
     }
-    from daemon.tfrecord import iter_clips, list_tfrecords
+    from pipeline.audioset import iter_clips, list_tfrecords
 
     clips = []
     if helpers.BAL_TRAIN.is_dir():
@@ -156,6 +162,7 @@ def main() -> None:
     parser.add_argument("--vggish", help=argparse.SUPPRESS)
     parser.add_argument("--pca", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--scoring", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--audio", help=argparse.SUPPRESS)
     parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,15 +177,17 @@ def main() -> None:
     ckpt, tfl, audio = _prepare(args.workdir)
     configs = []
     for threads in (1, 2):
-        configs.append((f"tensorflow (Keras), {threads} thread", "tensorflow", str(ckpt), threads))
-        configs.append((f"litert float32, {threads} thread", "litert", str(tfl["float32"]), threads))
-        configs.append((f"litert int8, {threads} thread", "litert", str(tfl["int8"]), threads))
+        configs.append((f"tensorflow (Keras), {threads} thread", "tensorflow", str(ckpt), threads, "auto"))
+        configs.append((f"litert float32, {threads} thread", "litert", str(tfl["float32"]), threads, "auto"))
+        configs.append((f"litert int8, {threads} thread", "litert", str(tfl["int8"]), threads, "auto"))
+    # The edge profile once more with the window score, as captions were made before.
+    configs.append((WINDOW_RUN, "litert", str(tfl["int8"]), 1, "window"))
     runs = {}
-    for label, runtime, vggish, threads in configs:
+    for label, runtime, vggish, threads, scoring in configs:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OPENBLAS_NUM_THREADS="1",
                    TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS="1")
         cmd = [sys.executable, __file__, "--child", "--seconds", str(args.seconds), "--runtime", runtime, "--vggish", vggish,
-               "--pca", str(helpers.PCA_PATH), "--threads", str(threads), "--audio", str(audio),
+               "--pca", str(helpers.PCA_PATH), "--threads", str(threads), "--audio", str(audio), "--scoring", scoring,
                "--spawned", repr(time.time())]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode != 0:
@@ -187,11 +196,15 @@ def main() -> None:
 
     print(f"audiocap runtimes: whole chain per second of {RATE} Hz audio ({args.seconds} s timed, 1 s blocks); "
           f"VGGish with random weights of the published architecture; load average {os.getloadavg()[0]:.2f}")
-    head = f"{'configuration':<30} {'p50 ms':>7} {'p95 ms':>7} {'peak RSS MiB':>12} {'ready s':>8} {'1st scores s':>12} {'TF loaded':>9}"
+    head = f"{'configuration':<34} {'scoring':>8} {'p50 ms':>7} {'p95 ms':>7} {'peak RSS MiB':>12} {'ready s':>8} {'1st scores s':>12} {'TF loaded':>9}"
     print(head)
     for label, r in runs.items():
-        print(f"{label:<30} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['rss_mib']:>12.0f} {r['ready_s']:>8.2f} "
+        print(f"{label:<34} {r['scoring']:>8} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['rss_mib']:>12.0f} {r['ready_s']:>8.2f} "
               f"{(r['first_scores_s'] or float('nan')):>12.2f} {str(r['tensorflow_loaded']):>9}")
+    now, before = runs["litert int8, 1 thread"], runs[WINDOW_RUN]
+    print(f"\nper-second captions on the edge profile: p50 {now['p50']:.2f} ms vs {before['p50']:.2f} ms with the "
+          f"window score ({now['p50'] - before['p50']:+.2f} ms, ratio {now['p50'] / before['p50']:.3f}); "
+          f"p95 {now['p95']:.2f} vs {before['p95']:.2f} ms ({now['p95'] - before['p95']:+.2f} ms)")
     ref = runs["tensorflow (Keras), 1 thread"]["results"]
     print("\nagreement with the TensorFlow path (1 thread):")
     for label in ("litert float32, 1 thread", "litert int8, 1 thread"):

@@ -149,16 +149,22 @@ def build_models(cfg: ModelConfig, need_embedder: bool = True) -> Models:
 
 
 def build_tracker(models: Models, events: EventsConfig | None = None) -> Any:
-    """The event tracker for ``models``: on thresholds from ``[events]``, else the
-    bundle's calibrated ones; off thresholds likewise, else on x ``off_ratio``.
+    """The event tracker for ``models``: the bundle's calibrated tracker (per-second
+    scoring, look-ahead, per-class thresholds and timings), with every value that
+    ``[events]`` sets taking precedence (see :func:`pipeline.events.make_tracker`).
 
     Raises:
       ValueError: thresholds or timings the tracker refuses (the caller names the file).
     """
-    from pipeline.events import EventTracker
+    from pipeline.events import make_tracker
 
     ev = events or EventsConfig()
-    bundle = dict(getattr(models.classifier, "thresholds", {}) or {})
-    on = {c: float(ev.thresholds.get(c, bundle.get(c, params.DEFAULT_THRESHOLD))) for c in models.classes}
-    off = {c: float(ev.off_thresholds.get(c, on[c] * ev.off_ratio)) for c in models.classes}
-    return EventTracker(models.classes, on, off, ev.captions, ev.min_duration_s, ev.hold_s)
+
+    def given(value: float) -> float | None:
+        return None if value < 0 else value  # -1: not set, the bundle's
+
+    return make_tracker(
+        models.classifier, scoring=ev.scoring, lookahead_s=given(ev.lookahead_s),
+        on_thresholds=ev.thresholds, off_thresholds=ev.off_thresholds, off_ratio=given(ev.off_ratio),
+        min_duration_s=given(ev.min_duration_s), hold_s=given(ev.hold_s), captions=ev.captions,
+    )

@@ -199,9 +199,9 @@ class Classifier:
 
         Returns:
           float32 ``[B, 10, len(classes)]`` in [0, 1]: how much each second
-          sounds like each class (the attention members' per-second scores;
-          their window score is an attention-weighted mean of these). Both
-          runtimes run the bundle's ``seconds.tflite``.
+          sounds like each class, given the other seconds of the window. The
+          ``litert`` runtime runs the bundle's ``seconds.tflite``; ``keras``
+          runs ``seconds.keras`` when the bundle has one (else the TFLite file).
 
         Raises:
           NotImplementedError: the bundle has no per-second model.
@@ -209,15 +209,20 @@ class Classifier:
         if not self.has_seconds:
             raise NotImplementedError(f"bundle {self.path} has no per-second model")
         if self._seconds_fn is None:
-            from pipeline.tflite import TFLiteModel
+            sec = self.metadata["seconds"]
+            keras_file = sec.get("keras")
+            if self.runtime == "keras" and keras_file and (self.path / str(keras_file)).is_file():
+                self._seconds_fn = self._load(str(keras_file))
+            else:
+                from pipeline.tflite import TFLiteModel
 
-            file = self.path / str(self.metadata["seconds"].get("tflite", SECONDS_TFLITE_NAME))
-            if not file.is_file():
-                raise BundleNotFoundError(f"classifier bundle {self.path} lacks {file.name}; {_HOW_TO_GET}")
-            try:
-                self._seconds_fn = TFLiteModel(file, num_threads=self._num_threads)
-            except ValueError as exc:
-                raise BundleError(f"{file}: {exc}; {_HOW_TO_GET}") from None
+                file = self.path / str(sec.get("tflite", SECONDS_TFLITE_NAME))
+                if not file.is_file():
+                    raise BundleNotFoundError(f"classifier bundle {self.path} lacks {file.name}; {_HOW_TO_GET}")
+                try:
+                    self._seconds_fn = TFLiteModel(file, num_threads=self._num_threads)
+                except ValueError as exc:
+                    raise BundleError(f"{file}: {exc}; {_HOW_TO_GET}") from None
         x = self._check(windows)
         if x.shape[0] == 0:
             return np.zeros((0, params.WINDOW_EMBEDDINGS, len(self.classes)), np.float32)

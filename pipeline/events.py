@@ -14,9 +14,17 @@ Each scored window ``i`` is reported at the time span of its newest embedding,
   stayed below *off* for ``hold`` seconds. Its ``end`` is the start of the first
   low embedding. A score back at or above *off* during the hold cancels it.
 
-With the defaults (min duration 1 s, hold 2 s, embeddings every 0.96 s) a
-caption needs two consecutive windows to start and three quiet ones to end.
-Times are floats, seconds since the Unix epoch, UTC, from the audio clock.
+With min duration 1 s and hold 2 s (the window-scoring defaults, embeddings
+every 0.96 s) a caption needs two consecutive windows to start and three quiet
+ones to end. Times are floats, seconds since the Unix epoch, UTC, from the
+audio clock.
+
+The tracker also says which scores it was tuned for (``scoring``: the 10-s
+window's clip score, or per-second scores with ``lookahead`` embeddings of
+look-ahead, see :mod:`pipeline.chain`). A bundle calibrated on the caption
+timeline stores its tracker in ``metadata.json`` (``"tracker"``), and
+:func:`make_tracker` builds it from there, letting the configuration override
+any value.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -68,11 +76,17 @@ class CaptionEvent:
     origin: float = 0.0
 
 
+SCORING = ("window", "seconds")
+"""What the tracker is fed: each window's clip score, or each second's score."""
+
+
 @dataclass
 class _ClassState:
     on: float
     off: float
     caption: str
+    min_duration: float
+    hold: float
     candidate: float | None = None  # start of a pending event
     event_id: str | None = None  # set while active
     start: float = 0.0
@@ -95,9 +109,13 @@ class EventTracker:
         ``on * EVENT_OFF_RATIO``.
       captions: class -> caption text; a missing class gets
         :data:`DEFAULT_CAPTIONS` or ``[<class>]``.
-      min_duration: seconds above *off* before an event is published.
-      hold: seconds below *off* before an event ends.
+      min_duration: seconds above *off* before an event is published (one
+        value, or class -> value; a missing class gets the default).
+      hold: seconds below *off* before an event ends (likewise).
       new_id: makes event ids (default: random UUID4 hex).
+      scoring: the scores this tracker is tuned for (:data:`SCORING`); the
+        caption chain scores accordingly.
+      lookahead: with ``"seconds"``, embeddings of look-ahead per score.
 
     Raises:
       ValueError: for a threshold outside [0, 1], off above on, negative times,
@@ -108,17 +126,26 @@ class EventTracker:
     on_thresholds: Mapping[str, float]
     off_thresholds: Mapping[str, float] | None = None
     captions: Mapping[str, str] | None = None
-    min_duration: float = params.EVENT_MIN_DURATION_SECONDS
-    hold: float = params.EVENT_HOLD_SECONDS
+    min_duration: float | Mapping[str, float] = params.EVENT_MIN_DURATION_SECONDS
+    hold: float | Mapping[str, float] = params.EVENT_HOLD_SECONDS
     new_id: Callable[[], str] = _new_id
+    scoring: str = "window"
+    lookahead: int = 0
     _states: dict[str, _ClassState] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
-        if self.min_duration < 0 or self.hold < 0:
-            raise ValueError(
-                f"min_duration and hold must be >= 0 seconds; got {self.min_duration} and {self.hold}"
-            )
+        if self.scoring not in SCORING:
+            raise ValueError(f"scoring must be one of {SCORING}; got {self.scoring!r}")
+        if not 0 <= int(self.lookahead) < params.WINDOW_EMBEDDINGS:
+            raise ValueError(f"lookahead must be 0 to {params.WINDOW_EMBEDDINGS - 1} embeddings; got {self.lookahead}")
+        mins = _per_class(self.min_duration, self.classes, params.EVENT_MIN_DURATION_SECONDS)
+        holds = _per_class(self.hold, self.classes, params.EVENT_HOLD_SECONDS)
+        for name in self.classes:
+            if not (mins[name] >= 0 and holds[name] >= 0):
+                raise ValueError(
+                    f"class {name!r}: min_duration and hold must be >= 0 seconds; got {mins[name]} and {holds[name]}"
+                )
         offs = dict(self.off_thresholds or {})
         caps = dict(self.captions or {})
         self._states = {}
@@ -132,7 +159,8 @@ class EventTracker:
                     f"class {name!r}: thresholds must satisfy 0 <= off <= on <= 1; got on={on}, off={off}"
                 )
             caption = caps.get(name) or DEFAULT_CAPTIONS.get(name) or f"[{name}]"
-            self._states[name] = _ClassState(on=on, off=off, caption=caption)
+            self._states[name] = _ClassState(on=on, off=off, caption=caption, min_duration=mins[name],
+                                             hold=holds[name])
 
     @property
     def active(self) -> dict[str, bool]:
@@ -146,6 +174,10 @@ class EventTracker:
     def thresholds(self) -> dict[str, tuple[float, float]]:
         """Class -> ``(on, off)`` in effect."""
         return {name: (st.on, st.off) for name, st in self._states.items()}
+
+    def timings(self) -> dict[str, tuple[float, float]]:
+        """Class -> ``(min_duration, hold)`` in effect, seconds."""
+        return {name: (st.min_duration, st.hold) for name, st in self._states.items()}
 
     def update(
         self,
@@ -181,7 +213,7 @@ class EventTracker:
                 else:
                     st.candidate = None
             if st.event_id is None and st.candidate is not None:
-                if t_end - st.candidate >= self.min_duration - _EPS:
+                if t_end - st.candidate >= st.min_duration - _EPS:
                     st.event_id, st.start, st.candidate, st.below_since = self.new_id(), st.candidate, None, None
                     out.append(CaptionEvent(st.event_id, "start", name, st.caption, st.peak, st.start, None, origin))
                 continue
@@ -192,7 +224,7 @@ class EventTracker:
                 else:
                     if st.below_since is None:
                         st.below_since = t_start
-                    if t_end - st.below_since >= self.hold - _EPS:
+                    if t_end - st.below_since >= st.hold - _EPS:
                         out.append(self._close(name, st.below_since, origin))
         return out
 
@@ -219,3 +251,83 @@ class EventTracker:
         ev = CaptionEvent(st.event_id or "", "end", name, st.caption, st.peak, st.start, max(end, st.start), origin)
         st.event_id, st.below_since, st.candidate, st.peak = None, None, None, 0.0
         return ev
+
+
+def _per_class(value: float | Mapping[str, float], classes: Sequence[str], default: float) -> dict[str, float]:
+    if isinstance(value, Mapping):
+        return {c: float(value.get(c, default)) for c in classes}
+    return {c: float(value) for c in classes}
+
+
+def make_tracker(
+    classifier: Any,
+    scoring: str = "auto",
+    lookahead_s: float | None = None,
+    on_thresholds: Mapping[str, float] | None = None,
+    off_thresholds: Mapping[str, float] | None = None,
+    off_ratio: float | None = None,
+    min_duration_s: float | None = None,
+    hold_s: float | None = None,
+    captions: Mapping[str, str] | None = None,
+) -> EventTracker:
+    """The event tracker for a loaded classifier bundle, with optional overrides.
+
+    Defaults come from the bundle: its calibrated ``"tracker"`` block (per-class
+    on/off thresholds, minimum duration and hold, look-ahead, calibrated on the
+    caption timeline) when it scores per second, else its clip thresholds with
+    the window defaults of :mod:`pipeline.params`. Every argument that is not
+    ``None`` overrides.
+
+    Args:
+      classifier: has ``classes``, ``thresholds``, ``metadata`` and ``has_seconds``.
+      scoring: ``"auto"`` (per second when the bundle has a calibrated
+        per-second tracker), ``"seconds"`` or ``"window"``.
+      lookahead_s: per-second look-ahead, seconds (rounded to whole embeddings).
+      on_thresholds, off_thresholds: class -> threshold.
+      off_ratio: off = on x this, for classes without an off threshold.
+      min_duration_s, hold_s: seconds, for every class.
+      captions: class -> caption text.
+
+    Raises:
+      ValueError: per-second scoring asked of a bundle without a per-second
+        model, or values the tracker refuses.
+    """
+    if scoring not in ("auto", *SCORING):
+        raise ValueError(f"scoring must be auto, window or seconds; got {scoring!r}")
+    classes = tuple(classifier.classes)
+    has_seconds = bool(getattr(classifier, "has_seconds", False))
+    meta = dict((getattr(classifier, "metadata", None) or {}).get("tracker") or {})
+    if scoring == "auto":
+        scoring = "seconds" if has_seconds and meta.get("scoring") == "seconds" else "window"
+    if scoring == "seconds" and not has_seconds:
+        raise ValueError(f"scoring = \"seconds\" needs a bundle with a per-second model; "
+                         f"{getattr(classifier, 'name', 'this bundle')} has none (use \"window\")")
+    calibrated = meta if meta.get("scoring") == scoring else {}
+    bundle_on = dict(getattr(classifier, "thresholds", {}) or {})
+    cal_on = dict(calibrated.get("on") or {})
+    cal_off = dict(calibrated.get("off") or {})
+    on = {c: float((on_thresholds or {}).get(c, cal_on.get(c, bundle_on.get(c, params.DEFAULT_THRESHOLD))))
+          for c in classes}
+    off = {}
+    for c in classes:
+        if off_thresholds and c in off_thresholds:
+            off[c] = float(off_thresholds[c])
+        elif off_ratio is not None:
+            off[c] = on[c] * off_ratio
+        elif c in cal_off and c in cal_on and cal_on[c] > 0:
+            off[c] = on[c] * min(1.0, float(cal_off[c]) / float(cal_on[c]))
+        else:
+            off[c] = on[c] * params.EVENT_OFF_RATIO
+    min_duration: float | dict[str, float] = (
+        min_duration_s if min_duration_s is not None
+        else dict(calibrated.get("min_duration_s") or {}) or params.EVENT_MIN_DURATION_SECONDS
+    )
+    hold: float | dict[str, float] = (
+        hold_s if hold_s is not None else dict(calibrated.get("hold_s") or {}) or params.EVENT_HOLD_SECONDS
+    )
+    if lookahead_s is not None:
+        lookahead = int(round(lookahead_s / params.EMBEDDING_SECONDS))
+    else:
+        lookahead = int(calibrated.get("lookahead", params.EVENT_LOOKAHEAD_EMBEDDINGS))
+    return EventTracker(classes, on, off, captions, min_duration, hold, scoring=scoring,
+                        lookahead=lookahead if scoring == "seconds" else 0)

@@ -88,6 +88,10 @@ EVENT_HOLD_SECONDS = 2.0
 """An event ends only after its class stayed below the off threshold this long."""
 EVENT_OFF_RATIO = 0.8
 """Default off threshold = on threshold x this ratio (hysteresis)."""
+EVENT_LOOKAHEAD_EMBEDDINGS = 1
+"""Per-second captions: each second is scored once this many later embeddings
+have arrived (0.96 s of extra caption latency), unless the bundle's calibrated
+tracker or ``[events] lookahead_s`` says otherwise."""
 MIC_BLOCK_SECONDS = 0.1
 """Audio delivered per sounddevice callback."""
 MIC_QUEUE_SECONDS = 10.0

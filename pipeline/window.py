@@ -12,6 +12,10 @@ sound actually heard; zero padding would not (a zero byte is the extreme
 ``-2`` of the PCA range, a sound that never occurs). For a classifier that
 pools over time, a tiled window of one embedding scores like ten seconds of
 that same second of sound.
+
+Per-second scoring (``pad="edge"``) needs the newest embeddings to stay at the
+end of the window, since position ``9 - L`` is read as "L seconds ago": there
+the oldest embedding is repeated in front instead (``e0 e0 .. e0 e1 .. ek-1``).
 """
 
 from __future__ import annotations
@@ -22,22 +26,30 @@ import numpy.typing as npt
 from pipeline import params
 
 
+PADDING = ("tile", "edge")
+"""How a partial window is filled: repeat the embeddings cyclically, or repeat the oldest in front."""
+
+
 def fill_window(
-    embeddings: npt.ArrayLike, size: int = params.WINDOW_EMBEDDINGS
+    embeddings: npt.ArrayLike, size: int = params.WINDOW_EMBEDDINGS, pad: str = "tile"
 ) -> npt.NDArray[np.uint8]:
     """Builds one window from the last ``size`` of ``embeddings``.
 
     Args:
       embeddings: uint8 ``[k, 128]`` with ``k >= 1``, oldest first.
       size: window length in embeddings.
+      pad: ``"tile"`` or ``"edge"``, for ``k < size`` (see the module doc).
 
     Returns:
       uint8 ``[size, 128]``: the last ``size`` embeddings, or, when ``k < size``,
-      the ``k`` embeddings repeated cyclically (``e0 e1 .. ek-1 e0 e1 ..``).
+      the ``k`` embeddings repeated cyclically (``e0 e1 .. ek-1 e0 e1 ..``,
+      ``"tile"``) or the oldest repeated in front (``e0 .. e0 e1 .. ek-1``, ``"edge"``).
 
     Raises:
-      ValueError: for an empty input or a wrong shape or dtype.
+      ValueError: for an empty input, a wrong shape or dtype, or an unknown ``pad``.
     """
+    if pad not in PADDING:
+        raise ValueError(f"pad must be one of {PADDING}; got {pad!r}")
     x = np.asarray(embeddings)
     if x.ndim != 2 or x.shape[1] != params.EMBEDDING_SIZE or x.dtype != np.uint8:
         raise ValueError(
@@ -48,6 +60,8 @@ def fill_window(
         raise ValueError("cannot build a window from zero embeddings")
     if k >= size:
         return np.ascontiguousarray(x[k - size :])
+    if pad == "edge":
+        return np.ascontiguousarray(x[np.maximum(np.arange(size) - (size - k), 0)])
     return np.ascontiguousarray(x[np.arange(size) % k])
 
 
@@ -60,14 +74,19 @@ class RollingWindow:
     Args:
       size: window length in embeddings.
       min_embeddings: no window is emitted until the stream holds this many
-        embeddings (1 = score from the first embedding, tiled).
+        embeddings (1 = score from the first embedding, padded).
+      pad: how partial windows are filled (:data:`PADDING`).
     """
 
     def __init__(
         self,
         size: int = params.WINDOW_EMBEDDINGS,
         min_embeddings: int = params.WINDOW_MIN_EMBEDDINGS,
+        pad: str = "tile",
     ) -> None:
+        if pad not in PADDING:
+            raise ValueError(f"pad must be one of {PADDING}; got {pad!r}")
+        self.pad = pad
         if size < 1 or not 1 <= min_embeddings <= size:
             raise ValueError(
                 f"need size >= 1 and 1 <= min_embeddings <= size; got size={size}, "
@@ -112,7 +131,7 @@ class RollingWindow:
             self._seen += 1
             if self._seen >= self.min_embeddings:
                 index.append(self._seen - 1)
-                windows.append(fill_window(self._buf, self.size))
+                windows.append(fill_window(self._buf, self.size, self.pad))
         if not windows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.size, params.EMBEDDING_SIZE), np.uint8)
         return np.asarray(index, dtype=np.int64), np.stack(windows)

@@ -112,3 +112,62 @@ def test_finish_ends_open_events_and_thresholds_validate():
         EventTracker(CLASSES, {c: 0.5 for c in CLASSES}, off_thresholds={"Speech": 0.7})
     with pytest.raises(ValueError, match="no on threshold"):
         EventTracker(CLASSES, {"Speech": 0.5})
+
+
+def test_edge_padding_keeps_the_newest_at_the_end():
+    e = _emb(3)
+    w = fill_window(e, pad="edge")
+    assert np.array_equal(w[7:], e) and all(np.array_equal(w[i], e[0]) for i in range(7))
+    assert np.array_equal(fill_window(_emb(12), pad="edge"), fill_window(_emb(12)))
+    with pytest.raises(ValueError, match="pad must be"):
+        fill_window(e, pad="zero")
+    i, ws = RollingWindow(pad="edge").process(e)
+    assert list(i) == [0, 1, 2] and np.array_equal(ws[1][-2:], e[:2]) and np.array_equal(ws[1][0], e[0])
+
+
+def test_per_class_timings():
+    tr = EventTracker(("A", "B"), {"A": 0.5, "B": 0.5}, min_duration={"A": 0.0, "B": 2 * STEP}, hold={"A": 0.0})
+    assert tr.timings() == {"A": (0.0, 0.0), "B": (2 * STEP, params.EVENT_HOLD_SECONDS)}
+    evs = tr.update(0.0, STEP, [0.9, 0.9])
+    assert [(e.type, e.label) for e in evs] == [("start", "A")]  # A needs no second embedding
+    evs = tr.update(STEP, 2 * STEP, [0.1, 0.9])
+    assert [(e.type, e.label, e.end) for e in evs] == [("end", "A", STEP), ("start", "B", None)]
+    with pytest.raises(ValueError, match="min_duration and hold"):
+        EventTracker(("A",), {"A": 0.5}, hold={"A": -1.0})
+    with pytest.raises(ValueError, match="scoring"):
+        EventTracker(("A",), {"A": 0.5}, scoring="frames")
+
+
+class _Bundle:
+    """The attributes make_tracker reads from a loaded classifier bundle."""
+
+    def __init__(self, tracker=None, has_seconds=True):
+        self.classes = ("Speech", "Music")
+        self.thresholds = {"Speech": 0.4, "Music": 0.6}
+        self.metadata = {"tracker": tracker} if tracker else {}
+        self.has_seconds = has_seconds
+        self.name = "test-bundle"
+
+
+def test_make_tracker_takes_the_calibrated_tracker_and_lets_the_config_override():
+    cal = {"scoring": "seconds", "lookahead": 2, "on": {"Speech": 0.3, "Music": 0.7},
+           "off": {"Speech": 0.15, "Music": 0.7}, "min_duration_s": {"Speech": 0.0, "Music": STEP},
+           "hold_s": {"Speech": STEP, "Music": 0.0}}
+    from pipeline.events import make_tracker
+
+    tr = make_tracker(_Bundle(cal))
+    assert (tr.scoring, tr.lookahead) == ("seconds", 2)
+    assert tr.thresholds() == {"Speech": (0.3, 0.15), "Music": (0.7, 0.7)}
+    assert tr.timings() == {"Speech": (0.0, STEP), "Music": (STEP, 0.0)}
+    # A configured on threshold keeps the calibrated off/on ratio; explicit values win.
+    tr = make_tracker(_Bundle(cal), on_thresholds={"Speech": 0.5}, lookahead_s=0.0, hold_s=3.0)
+    assert tr.thresholds()["Speech"] == (0.5, 0.25) and tr.lookahead == 0
+    assert tr.timings()["Music"] == (STEP, 3.0)
+    # Window scoring uses the clip thresholds and the window defaults, not the per-second calibration.
+    tr = make_tracker(_Bundle(cal), scoring="window")
+    assert tr.scoring == "window" and tr.lookahead == 0
+    assert tr.thresholds()["Music"] == (0.6, pytest.approx(0.6 * params.EVENT_OFF_RATIO))
+    # No calibrated tracker: auto means window; asking for seconds without a per-second model fails.
+    assert make_tracker(_Bundle()).scoring == "window"
+    with pytest.raises(ValueError, match="per-second model"):
+        make_tracker(_Bundle(cal, has_seconds=False), scoring="seconds")

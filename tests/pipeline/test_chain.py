@@ -1,0 +1,95 @@
+"""The caption chain's per-second scoring: look-ahead alignment, stream start and end, any grouping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import params
+from pipeline.chain import CaptionChain, WindowScores
+from pipeline.classifier import load_classifier
+from pipeline.events import CaptionEvent, EventTracker
+from pipeline.window import fill_window
+
+STEP = params.EMBEDDING_SECONDS
+
+
+@pytest.fixture(scope="module")
+def clf():
+    c = load_classifier(runtime="litert" if _has_litert() else "keras")
+    if not c.has_seconds:
+        pytest.skip("the shipped bundle has no per-second model")
+    return c
+
+
+def _has_litert() -> bool:
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _emb(n: int, seed: int = 0) -> np.ndarray:
+    # Smooth made "sounds": a random walk, so neighbouring seconds resemble each other as in real audio.
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.normal(0, 12, (n, 128)), axis=0) + rng.integers(60, 200, 128)
+    return np.clip(walk, 0, 255).astype(np.uint8)
+
+
+def _tracker(clf, lookahead: int) -> EventTracker:
+    on = {c: 0.3 for c in clf.classes}
+    return EventTracker(clf.classes, on, {c: 0.2 for c in clf.classes}, scoring="seconds", lookahead=lookahead,
+                        new_id=iter(f"e{i}" for i in range(10_000)).__next__)
+
+
+def _run(clf, e, groups, lookahead):
+    chain = CaptionChain(clf, _tracker(clf, lookahead))
+    out, i = [], 0
+    for g in groups:
+        out += chain.feed_embeddings(e[i : i + g], 1e9 + i * STEP, 0.0)
+        i += g
+    return out + chain.end_stream(0.0)
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+def test_each_second_is_scored_once_with_its_lookahead(clf, lookahead):
+    e = _emb(23, seed=lookahead)
+    out = _run(clf, e, [len(e)], lookahead)
+    scores = [o for o in out if isinstance(o, WindowScores)]
+    assert [s.index for s in scores] == list(range(len(e)))
+    assert [s.t_start for s in scores] == pytest.approx([1e9 + i * STEP for i in range(len(e))])
+    for s in scores:
+        newest = min(s.index + lookahead, len(e) - 1)  # the tail has no more future
+        window = fill_window(e[: newest + 1], pad="edge")
+        want = clf.predict_seconds(window[None])[0, params.WINDOW_EMBEDDINGS - 1 - (newest - s.index)]
+        np.testing.assert_array_equal(s.scores, want)
+
+
+@pytest.mark.parametrize("groups", [[1] * 31, [4, 9, 1, 17], [31]])
+def test_per_second_outputs_do_not_depend_on_grouping(clf, groups):
+    e = _emb(31, seed=5)
+    ref = _run(clf, e, [31], 1)
+    got = _run(clf, e, groups, 1)
+    assert [type(o) for o in got] == [type(o) for o in ref]
+    for a, b in zip(got, ref):
+        if isinstance(a, WindowScores):
+            assert a.index == b.index and np.array_equal(a.scores, b.scores)
+        else:  # the end of the stream is where the last block says it ends: equal to float rounding
+            assert (a.event_id, a.type, a.label, a.score, a.start) == (b.event_id, b.type, b.label, b.score, b.start)
+            assert a.end == pytest.approx(b.end, abs=1e-6)
+    assert any(isinstance(o, CaptionEvent) for o in ref), "the made stream should caption something"
+
+
+def test_a_window_tracker_is_refused_nothing_and_a_seconds_tracker_needs_seconds(clf):
+    chain = CaptionChain(clf, EventTracker(clf.classes, {c: 0.5 for c in clf.classes}))
+    assert not chain.per_second and chain.latency_seconds == 0
+    out = chain.feed_embeddings(_emb(3), 0.0, 0.0)
+    assert [o.index for o in out if isinstance(o, WindowScores)] == [0, 1, 2]
+
+    class NoSeconds:
+        classes = clf.classes
+        has_seconds = False
+
+    with pytest.raises(ValueError, match="per-second model"):
+        CaptionChain(NoSeconds(), _tracker(clf, 1))

@@ -1,0 +1,590 @@
+"""The caption timeline: how well captions follow the sound in time.
+
+A person reading captions on a wall cares whether "[Music]" appears when the
+music starts and goes when it stops. This module measures exactly that, on
+streams of scenes (:mod:`train.scenes`) built from the *validation* side of the
+grouped ``bal_train`` split, by running the daemon's own
+:class:`pipeline.chain.CaptionChain` and event tracker over them.
+
+Scores (all on the 0.96-s embedding grid, ground truth = each clip's labels on
+each of its embeddings):
+
+* **segment F1**, micro over the classes and per class: an embedding is
+  captioned for a class when a caption of that class covers more than half of it;
+* per **ground-truth event** (a maximal run of embeddings carrying the class):
+  missed (no caption of the class overlaps it) or not; **start delay**
+  (first overlapping caption's start - sound start) and **end delay** (last
+  overlapping caption's end - sound end), p50 and p90;
+* **false-alarm captions**: captions that overlap no ground truth of their
+  class at all, as a count and a share of all captions.
+
+Baselines, in the same run: the classifier's clip score on each whole clip,
+exactly aligned (``clip_aligned``: what a perfect clip segmentation would give),
+each second scored alone (``second_alone``: a window of that embedding x 10),
+and the daemon as it captioned before per-second scoring (``window``: the 10-s
+rolling window score with the old tracker defaults).
+
+The validation side is halved by video for honesty: the tracker is calibrated
+on streams of one half (``calibration``) and reported on the other
+(``report``), whose clips neither the model nor the tracker was tuned on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import params
+from pipeline.chain import CaptionChain, WindowScores
+from pipeline.events import CaptionEvent, EventTracker, make_tracker
+from train import scenes
+
+_LOGGER = logging.getLogger(__name__)
+
+STEP = params.EMBEDDING_SECONDS
+T0 = 1_800_000_000.0
+"""Audio-clock time of a timeline's first embedding (any value; times are relative)."""
+HALF_SALT = "audiocap-timeline"
+"""Salt of the hash that halves the validation videos into calibration / report."""
+HALVES = ("report", "calibration", "all")
+PNG_SECONDS = 240.0
+"""Length of the stream excerpt drawn in the timeline picture."""
+
+# The calibration grid (per class; each class's tracker is independent of the others).
+GRID_OFF_RATIOS = (0.5, 0.65, 0.8, 1.0)
+GRID_MIN_EMBEDDINGS = (1, 2, 3, 4, 5, 6)
+"""Minimum caption durations tried, in embeddings (1 = a single second starts a caption)."""
+GRID_HOLD_EMBEDDINGS = (1, 2, 3, 4, 5)
+"""Holds tried, in embeddings (1 = the first quiet second ends a caption)."""
+GRID_ON_QUANTILES = 14
+TARGET_FALSE_ALARM_SHARE = 0.15
+"""Calibration keeps each class's false-alarm captions at or below this share
+(the target is 20 %; the margin is for streams it was not calibrated on)."""
+TARGET_END_DELAY_P90 = 3.0
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One caption on the embedding grid: class index, start and end in embeddings from the stream start."""
+
+    cls: int
+    start: float
+    end: float
+    score: float = 0.0
+
+
+# --- streams --------------------------------------------------------------------------
+
+def timeline_clips(data: Any, class_map: Any, val_fraction: float = 0.2, half: str = "report") -> Any:
+    """The validation-side clips of the grouped split (or one half of them, by video).
+
+    Returns:
+      ``(clips, y)``: :class:`train.data.Clips` (short clips padded, real
+      lengths in ``frames``) and their uint8 ``[N, C]`` class targets.
+    """
+    from train import data as data_mod
+
+    if half not in HALVES:
+        raise ValueError(f"half must be one of {HALVES}; got {half!r}")
+    clips, _ = data_mod.load_clips(data, short="pad", num_labels=params.AUDIOSET_NUM_LABELS, only_val=val_fraction)
+    if half != "all":
+        calib = data_mod.validation_mask(clips.video_id, 0.5, salt=HALF_SALT)
+        clips = clips.subset(np.flatnonzero(calib if half == "calibration" else ~calib))
+    if len(clips) == 0:
+        raise ValueError(f"no validation clips in {data}")
+    return clips, clips.targets(class_map)
+
+
+def make_stream(clips: Any, y: npt.NDArray, seed: int = 0, max_scenes: int | None = None) -> scenes.Stream:
+    """A timeline stream of these clips, each played at most once."""
+    return scenes.build_stream(clips.x, clips.frames, y, np.random.default_rng(seed), max_scenes=max_scenes)
+
+
+def clip_runs(stream: scenes.Stream) -> list[tuple[int, int]]:
+    """``(first, end)`` embedding indices of each clip appearance, in order."""
+    edges = np.flatnonzero(np.r_[True, stream.clip[1:] != stream.clip[:-1], True])
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+# --- running the daemon's chain -------------------------------------------------------
+
+def run_chain(classifier: Any, tracker: EventTracker, stream: scenes.Stream) -> tuple[list[Caption], npt.NDArray[np.float32]]:
+    """Feeds a stream clip by clip (as the replay source does) through the caption chain.
+
+    Returns:
+      ``(captions, scores)``: the captions on the embedding grid, and float32
+      ``[T, C]`` the score the tracker saw for each embedding.
+    """
+    chain = CaptionChain(classifier, tracker)
+    outputs: list[Any] = []
+    for a, b in clip_runs(stream):
+        outputs += chain.feed_embeddings(stream.embeddings[a:b], T0 + a * STEP, 0.0, stream=0)
+    outputs += chain.end_stream(0.0)
+    return captions_from_events(outputs, tracker.classes), _scores_of(outputs, len(stream), len(tracker.classes))
+
+
+def _scores_of(outputs: Iterable[Any], n: int, c: int) -> npt.NDArray[np.float32]:
+    scores = np.full((n, c), np.nan, np.float32)
+    for o in outputs:
+        if isinstance(o, WindowScores):
+            scores[o.index] = o.scores
+    return scores
+
+
+def captions_from_events(events: Iterable[Any], classes: Sequence[str]) -> list[Caption]:
+    """Pairs ``end`` events into captions on the embedding grid (other outputs are ignored)."""
+    out = []
+    for ev in events:
+        if isinstance(ev, CaptionEvent) and ev.type == "end" and ev.end is not None:
+            out.append(Caption(classes.index(ev.label), (ev.start - T0) / STEP, (ev.end - T0) / STEP, ev.score))
+    return out
+
+
+def captions_from_decisions(active: npt.NDArray[np.bool_], score: npt.NDArray | None = None) -> list[Caption]:
+    """A caption per maximal run of active embeddings, per class (for the baselines)."""
+    out = []
+    for c in range(active.shape[1]):
+        for a, b in _runs(active[:, c]):
+            out.append(Caption(c, float(a), float(b), float(score[a:b, c].max()) if score is not None else 0.0))
+    return out
+
+
+def _runs(x: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    d = np.diff(np.r_[0, x.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+# --- scoring --------------------------------------------------------------------------
+
+def captioned_grid(captions: Iterable[Caption], n: int, c: int) -> npt.NDArray[np.bool_]:
+    """bool ``[n, c]``: embeddings a caption covers for more than half."""
+    cover = np.zeros((n, c), np.float64)
+    for cap in captions:
+        a, b = max(cap.start, 0.0), min(cap.end, float(n))
+        if b <= a:
+            continue
+        i0, i1 = int(np.floor(a)), int(np.ceil(b))
+        for i in range(i0, i1):
+            cover[i, cap.cls] += min(b, i + 1) - max(a, i)
+    return cover > 0.5
+
+
+def _pct(x: Sequence[float], q: float) -> float | None:
+    return round(float(np.percentile(x, q)), 3) if len(x) else None
+
+
+def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Sequence[str]) -> dict[str, Any]:
+    """Segment F1, event delays, misses and false alarms of captions against the ground truth.
+
+    Args:
+      truth: ``[T, C]`` 0/1 per embedding.
+      captions: captions on the embedding grid.
+      classes: class names.
+
+    Returns:
+      A JSON-ready dict (delays in seconds).
+    """
+    t = np.asarray(truth) > 0
+    n, c = t.shape
+    pred = captioned_grid(captions, n, c)
+    tp, fp, fn = (pred & t).sum(0), (pred & ~t).sum(0), (~pred & t).sum(0)
+
+    def f1(a: float, b: float, d: float) -> float | None:
+        return round(float(2 * a / (2 * a + b + d)), 4) if (2 * a + b + d) else None
+
+    per_class: dict[str, Any] = {}
+    starts_all, ends_all, missed_all, events_all, fa_all = [], [], 0, 0, 0
+    for k, name in enumerate(classes):
+        caps = [cp for cp in captions if cp.cls == k]
+        starts, ends, missed = [], [], 0
+        gt = _runs(t[:, k])
+        for a, b in gt:
+            over = [cp for cp in caps if cp.start < b and cp.end > a]
+            if not over:
+                missed += 1
+                continue
+            starts.append((min(cp.start for cp in over) - a) * STEP)
+            ends.append((max(cp.end for cp in over) - b) * STEP)
+        fa = sum(1 for cp in caps if not t[max(int(np.floor(cp.start)), 0):int(np.ceil(cp.end)), k].any())
+        per_class[name] = {
+            "segment_f1": f1(tp[k], fp[k], fn[k]),
+            "events": len(gt), "missed": missed,
+            "start_delay_p50": _pct(starts, 50), "start_delay_p90": _pct(starts, 90),
+            "end_delay_p50": _pct(ends, 50), "end_delay_p90": _pct(ends, 90),
+            "captions": len(caps), "false_alarms": fa,
+            "false_alarm_share": round(fa / len(caps), 4) if caps else None,
+        }
+        starts_all += starts
+        ends_all += ends
+        missed_all += missed
+        events_all += len(gt)
+        fa_all += fa
+    return {
+        "segment_f1": f1(tp.sum(), fp.sum(), fn.sum()),
+        "segment_precision": round(float(tp.sum() / max(tp.sum() + fp.sum(), 1)), 4),
+        "segment_recall": round(float(tp.sum() / max(tp.sum() + fn.sum(), 1)), 4),
+        "events": events_all,
+        "missed": missed_all,
+        "start_delay_p50": _pct(starts_all, 50), "start_delay_p90": _pct(starts_all, 90),
+        "end_delay_p50": _pct(ends_all, 50), "end_delay_p90": _pct(ends_all, 90),
+        "captions": len(captions),
+        "false_alarms": fa_all,
+        "false_alarm_share": round(fa_all / len(captions), 4) if captions else None,
+        "per_class": per_class,
+    }
+
+
+# --- baselines --------------------------------------------------------------------------
+
+def clip_aligned(classifier: Any, clips: Any, stream: scenes.Stream) -> tuple[list[Caption], npt.NDArray]:
+    """Each clip scored once with the clip classifier, exactly aligned with the clip."""
+    runs = clip_runs(stream)
+    order = stream.clip[[a for a, _ in runs]]
+    from pipeline.window import fill_window
+
+    wins = np.stack([fill_window(clips.x[i, : max(int(clips.frames[i]), 1)]) for i in order])
+    s = np.concatenate([classifier.predict(wins[j : j + 2048]) for j in range(0, len(wins), 2048)])
+    scores = np.repeat(s, [b - a for a, b in runs], axis=0)
+    thr = np.array([classifier.thresholds[c] for c in classifier.classes])
+    return captions_from_decisions(scores >= thr, scores), scores
+
+
+def second_alone(classifier: Any, stream: scenes.Stream) -> tuple[list[Caption], npt.NDArray]:
+    """Each embedding scored alone: the clip classifier on a window of that embedding x 10."""
+    wins = np.repeat(stream.embeddings[:, None], params.WINDOW_EMBEDDINGS, axis=1)
+    s = np.concatenate([classifier.predict(wins[j : j + 2048]) for j in range(0, len(wins), 2048)])
+    thr = np.array([classifier.thresholds[c] for c in classifier.classes])
+    return captions_from_decisions(s >= thr, s), s
+
+
+def window_tracker(classifier: Any) -> EventTracker:
+    """The daemon's tracker before per-second captions: window scores, clip thresholds, old timings."""
+    return make_tracker(classifier, scoring="window", off_ratio=params.EVENT_OFF_RATIO,
+                        min_duration_s=params.EVENT_MIN_DURATION_SECONDS, hold_s=params.EVENT_HOLD_SECONDS)
+
+
+# --- calibration ----------------------------------------------------------------------
+
+def simulate_tracker(scores: Sequence[float], on: float, off: float, min_n: int, hold_n: int) -> list[tuple[int, int]]:
+    """One class's captions ``(start, end)`` in embeddings, for the calibration search.
+
+    The same state machine as :class:`pipeline.events.EventTracker` (tested to
+    give the same captions), on plain floats with timings in whole embeddings,
+    so the grid search runs in seconds rather than minutes.
+    """
+    out: list[tuple[int, int]] = []
+    cand = -1  # start of a pending caption
+    start = -1  # start of the open caption
+    below = -1  # first low embedding while open
+    for i, x in enumerate(scores):
+        if start < 0:
+            if cand < 0:
+                if x >= on:
+                    cand = i
+            elif x < off:
+                cand = -1
+            if cand >= 0 and i + 1 - cand >= min_n:
+                start, cand, below = cand, -1, -1
+            continue
+        if x >= off:
+            below = -1
+        else:
+            if below < 0:
+                below = i
+            if i + 1 - below >= hold_n:
+                out.append((start, below))
+                start, below = -1, -1
+    if start >= 0:
+        out.append((start, below if below >= 0 else len(scores)))
+    return out
+
+
+def _class_figures(truth: npt.NDArray[np.bool_], caps: list[tuple[int, int]]) -> tuple[float, float, float]:
+    """(segment F1, false-alarm share, end delay p90) of one class's captions on the grid."""
+    pred = np.zeros(truth.shape[0] + 1, np.int32)
+    for a, b in caps:
+        pred[a] += 1
+        pred[b] -= 1
+    p = np.cumsum(pred)[:-1] > 0
+    tp, fp, fn = int((p & truth).sum()), int((p & ~truth).sum()), int((~p & truth).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    csum = np.r_[0, np.cumsum(truth)]
+    fa = sum(1 for a, b in caps if csum[b] - csum[a] == 0)
+    ends = []
+    if caps:
+        cs = np.array(caps)
+        for a, b in _runs(truth):
+            over = cs[(cs[:, 0] < b) & (cs[:, 1] > a)]
+            if len(over):
+                ends.append((over[:, 1].max() - b) * STEP)
+    return f1, (fa / len(caps) if caps else 0.0), (float(np.percentile(ends, 90)) if ends else 0.0)
+
+
+def calibrate(scores: npt.NDArray, truth: npt.NDArray, classes: Sequence[str]) -> dict[str, Any]:
+    """Per-class tracker settings that maximise the class's segment F1 on a timeline.
+
+    A setting qualifies when its false-alarm share is at most
+    :data:`TARGET_FALSE_ALARM_SHARE` and its end-delay p90 at most
+    :data:`TARGET_END_DELAY_P90`; among those the best segment F1 wins (if none
+    qualifies, the best F1 overall).
+
+    Args:
+      scores: float ``[T, C]`` the per-second scores the tracker will see.
+      truth: ``[T, C]`` 0/1.
+
+    Returns:
+      ``{"on", "off", "min_duration_s", "hold_s"}``, each class -> value, and
+      ``"per_class"`` with the chosen setting's figures.
+    """
+    res: dict[str, Any] = {"on": {}, "off": {}, "min_duration_s": {}, "hold_s": {}, "per_class": {}}
+    t = np.asarray(truth) > 0
+    for k, name in enumerate(classes):
+        s = np.nan_to_num(scores[:, k].astype(np.float64))
+        values = s.tolist()
+        qs = np.unique(np.round(np.quantile(s, np.linspace(0.5, 0.97, GRID_ON_QUANTILES)), 3))
+        best: tuple | None = None
+        for on in qs:
+            for ratio in GRID_OFF_RATIOS:
+                for min_n in GRID_MIN_EMBEDDINGS:
+                    for hold_n in GRID_HOLD_EMBEDDINGS:
+                        caps = simulate_tracker(values, float(on), float(on * ratio), min_n, hold_n)
+                        f1, fa, end90 = _class_figures(t[:, k], caps)
+                        ok = fa <= TARGET_FALSE_ALARM_SHARE and end90 <= TARGET_END_DELAY_P90
+                        key = (ok, round(f1, 4), -fa)
+                        if best is None or key > best[0]:
+                            best = (key, float(on), float(on * ratio), min_n, hold_n)
+        assert best is not None
+        _, on, off, min_n, hold_n = best
+        caps = [Caption(0, float(a), float(b)) for a, b in simulate_tracker(values, on, off, min_n, hold_n)]
+        m = score_timeline(t[:, k : k + 1], caps, (name,))
+        res["on"][name], res["off"][name] = round(on, 4), round(off, 4)
+        res["min_duration_s"][name], res["hold_s"][name] = round(min_n * STEP, 4), round(hold_n * STEP, 4)
+        res["per_class"][name] = {k2: m[k2] for k2 in ("segment_f1", "false_alarm_share", "missed", "events",
+                                                      "start_delay_p50", "end_delay_p50", "end_delay_p90")}
+        _LOGGER.info("calibrated %s: on %.3f off %.3f min %d hold %d embeddings -> F1 %s, false alarms %s",
+                     name, on, off, min_n, hold_n, m["segment_f1"], m["false_alarm_share"])
+    return res
+
+
+def collect_scores(classifier: Any, stream: scenes.Stream, lookahead: int) -> npt.NDArray[np.float32]:
+    """The per-second scores the daemon's chain gives each embedding at this look-ahead."""
+    silent = EventTracker(tuple(classifier.classes), {c: 1.0 for c in classifier.classes},
+                          {c: 1.0 for c in classifier.classes}, scoring="seconds", lookahead=lookahead)
+    return run_chain(classifier, silent, stream)[1]
+
+
+def write_tracker(bundle: str | os.PathLike, settings: dict[str, Any], lookahead: int, figures: dict[str, Any]) -> None:
+    """Stores a calibrated per-second tracker in a bundle's ``metadata.json``."""
+    from pipeline.classifier import METADATA_NAME
+    from pipeline.captions import write_atomic
+
+    path = Path(bundle) / METADATA_NAME
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["tracker"] = {
+        "scoring": "seconds",
+        "lookahead": int(lookahead),
+        "on": settings["on"], "off": settings["off"],
+        "min_duration_s": settings["min_duration_s"], "hold_s": settings["hold_s"],
+        "calibrated_on": figures.get("calibrated_on"),
+        "timeline": figures.get("timeline"),
+    }
+    write_atomic(path, json.dumps(meta, indent=2) + "\n")
+
+
+# --- the picture --------------------------------------------------------------------
+
+def plot_timeline(
+    path: str | os.PathLike,
+    truth: npt.NDArray,
+    rows: Sequence[tuple[str, list[Caption], npt.NDArray | None]],
+    classes: Sequence[str],
+    seconds: float = PNG_SECONDS,
+    start: int = 0,
+) -> Path:
+    """Draws an excerpt: per class, the ground truth, then each system's captions and score curve.
+
+    Args:
+      path: PNG to write.
+      truth: ``[T, C]`` 0/1.
+      rows: ``(name, captions, scores [T, C] or None)`` per system.
+      classes: class names.
+      seconds: length of the excerpt.
+      start: first embedding drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(int(seconds / STEP), truth.shape[0] - start)
+    x0 = start * STEP
+    colours = ("#1b5e20", "#0d47a1", "#b71c1c", "#4a148c", "#e65100")
+    fig, axes = plt.subplots(len(classes), 1, figsize=(15, 2.1 * len(classes)), sharex=True)
+    for k, (ax, name) in enumerate(zip(np.atleast_1d(axes), classes)):
+        lanes = len(rows) + 1
+        for a, b in _runs(truth[start : start + n, k] > 0):
+            ax.add_patch(plt.Rectangle((x0 + a * STEP, lanes - 1 + 0.1), (b - a) * STEP, 0.8, color="#555555"))
+        ax.text(x0 - 1, lanes - 0.5, "sound (truth)", ha="right", va="center", fontsize=9)
+        for r, (label, caps, sc) in enumerate(rows):
+            lane = lanes - 2 - r
+            col = colours[r % len(colours)]
+            for cp in caps:
+                if cp.cls != k or cp.end <= start or cp.start >= start + n:
+                    continue
+                a, b = max(cp.start, start), min(cp.end, start + n)
+                ax.add_patch(plt.Rectangle((a * STEP, lane + 0.1), (b - a) * STEP, 0.8, color=col, alpha=0.85))
+            if sc is not None:
+                t = x0 + (np.arange(n) + 0.5) * STEP
+                ax.plot(t, lane + 0.1 + 0.8 * np.nan_to_num(sc[start : start + n, k]), color="black", lw=0.8)
+            ax.text(x0 - 1, lane + 0.5, label, ha="right", va="center", fontsize=9, color=col)
+        ax.set_ylim(0, lanes)
+        ax.set_yticks([])
+        ax.set_title(name, loc="left", fontsize=12, fontweight="bold")
+        ax.set_xlim(x0, x0 + n * STEP)
+    np.atleast_1d(axes)[-1].set_xlabel("stream time, s (bars: ground truth and captions; line: the score the tracker saw, 0 to 1)")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+# --- tfrecords of a stream (for replaying it through audiocapd) -----------------------
+
+def write_stream_tfrecords(stream: scenes.Stream, clips: Any, folder: str | os.PathLike) -> Path:
+    """Writes a stream as one tfrecord file, clips in play order (``audiocapd --source replay:FOLDER``)."""
+    import tensorflow as tf
+
+    from pipeline import audioset
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "timeline.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for a, b in clip_runs(stream):
+            i = int(stream.clip[a])
+            ex = tf.train.SequenceExample()
+            ctx = ex.context.feature
+            ctx[audioset.VIDEO_ID].bytes_list.value.append(str(clips.video_id[i]).encode())
+            ctx[audioset.START_TIME].float_list.value.append(float(clips.start[i]))
+            ctx[audioset.END_TIME].float_list.value.append(float(clips.start[i]) + 10.0)
+            ctx[audioset.LABELS].int64_list.value.extend(np.flatnonzero(clips.labels[i]).tolist())
+            fl = ex.feature_lists.feature_list[audioset.AUDIO_EMBEDDING]
+            for row in stream.embeddings[a:b]:
+                fl.feature.add().bytes_list.value.append(row.tobytes())
+            w.write(ex.SerializeToString())
+    return path
+
+
+def read_vtt(path: str | os.PathLike, classes: Sequence[str], captions: dict[str, str]) -> list[Caption]:
+    """Reads the daemon's WebVTT output back into captions on the embedding grid."""
+    text_to_class = {captions[c]: k for k, c in enumerate(classes)}
+    out = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if "-->" in line and i + 1 < len(lines):
+            a, b = (_vtt_seconds(x.strip()) for x in line.split("-->"))
+            k = text_to_class.get(lines[i + 1].strip())
+            if k is not None:
+                out.append(Caption(k, a / STEP, b / STEP))
+    return out
+
+
+def _vtt_seconds(stamp: str) -> float:
+    h, m, s = stamp.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+# --- the whole evaluation -----------------------------------------------------------
+
+def evaluate_timeline(
+    model_dir: str | os.PathLike | None,
+    data: Any,
+    seed: int = 0,
+    half: str = "report",
+    png: str | os.PathLike | None = None,
+    calibrate_bundle: bool = False,
+    lookahead_s: float | None = None,
+    runtime: str = "auto",
+    val_fraction: float = 0.2,
+    write_tfrecords: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Runs the timeline evaluation (and optionally calibrates the bundle's tracker first).
+
+    Args:
+      model_dir: the bundle (``None``: the shipped one).
+      data: tfrecords (``bal_train``); only the grouped split's validation side is used.
+      seed: the stream's seed.
+      half: which half of the validation videos to build the stream from.
+      png: write the timeline picture here.
+      calibrate_bundle: first calibrate the per-second tracker on a stream of
+        the *calibration* half and store it in the bundle's metadata.
+      lookahead_s: the per-second look-ahead to calibrate for (default 0.96 s).
+      runtime: classifier runtime (``auto``, ``litert``, ``keras``).
+      write_tfrecords: also write the stream there as tfrecords (to replay it
+        through ``audiocapd``), with ``truth.npz`` beside them.
+
+    Returns:
+      One JSON-ready dict: the daemon's default captions, the baselines, stream facts.
+    """
+    from pipeline.classifier import load_classifier
+    from pipeline.labels import ClassMap
+
+    clf = load_classifier(model_dir, runtime=runtime)
+    class_map = ClassMap.from_metadata(clf.metadata["classes"])
+    classes = tuple(clf.classes)
+    result: dict[str, Any] = {"model": f"{clf.name}@{clf.version}", "bundle": str(clf.path), "runtime": clf.runtime}
+    if calibrate_bundle:
+        if not clf.has_seconds:
+            raise ValueError(f"{clf.path} has no per-second model to calibrate")
+        lookahead = params.EVENT_LOOKAHEAD_EMBEDDINGS if lookahead_s is None else int(round(lookahead_s / STEP))
+        cal_clips, cal_y = timeline_clips(data, class_map, val_fraction, "calibration")
+        cal_streams = [make_stream(cal_clips, cal_y, seed=s) for s in (101, 102)]
+        sc = np.concatenate([collect_scores(clf, st, lookahead) for st in cal_streams])
+        truth = np.concatenate([st.labels for st in cal_streams])
+        settings = calibrate(sc, truth, classes)
+        figures = {
+            "calibrated_on": (f"caption timeline: 2 streams (seeds 101, 102; {len(truth)} embeddings) of the "
+                              f"calibration half of the grouped validation split ({val_fraction:.0%} of bal_train "
+                              "by video_id), max segment F1 per class with false alarms <= "
+                              f"{TARGET_FALSE_ALARM_SHARE:.0%} and end delay p90 <= {TARGET_END_DELAY_P90:g} s"),
+            "timeline": {"calibration": settings["per_class"]},
+        }
+        write_tracker(clf.path, settings, lookahead, figures)
+        result["calibration"] = {"lookahead": lookahead, **settings}
+        clf = load_classifier(model_dir, runtime=runtime)
+    clips, y = timeline_clips(data, class_map, val_fraction, half)
+    stream = make_stream(clips, y, seed=seed)
+    truth = stream.labels
+    if write_tfrecords:
+        result["tfrecords"] = str(write_stream_tfrecords(stream, clips, write_tfrecords))
+        np.savez_compressed(Path(write_tfrecords) / "truth.npz", labels=truth, classes=np.array(classes))
+    tracker = make_tracker(clf)
+    caps, sc = run_chain(clf, tracker, stream)
+    result["stream"] = {
+        "half": half, "seed": seed, "clips": int(len(stream.clip_order())), "scenes": int(len(stream.kinds)),
+        "embeddings": len(stream), "minutes": round(stream.seconds / 60, 1),
+        "scenes_per_kind": {("none" if k == scenes.NONE else classes[k]): int((stream.kinds == k).sum())
+                            for k in [scenes.NONE, *range(len(classes))]},
+    }
+    result["daemon"] = {"scoring": tracker.scoring, "lookahead_s": round(tracker.lookahead * STEP, 2),
+                        **score_timeline(truth, caps, classes)}
+    w_caps, w_sc = run_chain(clf, window_tracker(clf), stream)
+    result["window_daemon_before"] = score_timeline(truth, w_caps, classes)
+    a_caps, a_sc = clip_aligned(clf, clips, stream)
+    result["clip_aligned"] = score_timeline(truth, a_caps, classes)
+    s_caps, s_sc = second_alone(clf, stream)
+    result["second_alone"] = score_timeline(truth, s_caps, classes)
+    if png:
+        rows = [(f"captions now ({tracker.scoring})", caps, sc), ("captions before (window)", w_caps, w_sc),
+                ("clip aligned", a_caps, None)]
+        result["png"] = str(plot_timeline(png, truth, rows, classes))
+    return result
