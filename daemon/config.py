@@ -127,14 +127,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EventsConfig:
-    """``[events]``: when a caption starts and ends."""
+    """``[events]``: when a caption starts and ends. A value left out (or -1)
+    comes from the classifier bundle's tracker, calibrated on the caption timeline."""
 
-    min_duration_s: float = _f(params.EVENT_MIN_DURATION_SECONDS, "Seconds above threshold before a caption starts.",
-                               lo=0, hi=600)
-    hold_s: float = _f(params.EVENT_HOLD_SECONDS, "Seconds below the off threshold before a caption ends.",
-                       lo=0, hi=600)
-    off_ratio: float = _f(params.EVENT_OFF_RATIO, "Off threshold = on threshold x this, unless set per class.",
-                          lo=0, hi=1)
+    scoring: str = _f("auto", "Caption from per-second scores (seconds), from the 10-s window score (window), "
+                              "or as the bundle is calibrated (auto).", choices=("auto", "seconds", "window"))
+    lookahead_s: float = _f(-1.0, "Per-second scoring: seconds of sound after a second before it is judged "
+                                  "(the extra caption latency; rounded to 0.96 s steps); default: the bundle's, "
+                                  "else 0.96.", lo=0, hi=(params.WINDOW_EMBEDDINGS - 1) * params.EMBEDDING_SECONDS)
+    min_duration_s: float = _f(-1.0, "Seconds above threshold before a caption starts; default: the bundle's, "
+                                     f"else {params.EVENT_MIN_DURATION_SECONDS:g}.", lo=0, hi=600)
+    hold_s: float = _f(-1.0, "Seconds below the off threshold before a caption ends; default: the bundle's, "
+                             f"else {params.EVENT_HOLD_SECONDS:g}.", lo=0, hi=600)
+    off_ratio: float = _f(-1.0, "Off threshold = on threshold x this, unless set per class; default: the "
+                                f"bundle's, else {params.EVENT_OFF_RATIO:g}.", lo=0, hi=1)
     thresholds: dict[str, float] = _f(factory=dict, doc="Per-class on thresholds; default: the model bundle's.",
                                       lo=0, hi=1)
     off_thresholds: dict[str, float] = _f(factory=dict, doc="Per-class off thresholds.", lo=0, hi=1)
