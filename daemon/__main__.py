@@ -211,7 +211,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     thresholds = ", ".join(f"{c} {a:.2f}/{b:.2f}" for c, (a, b) in tracker.thresholds().items())
     service = Service(config, source, chain, sinks, check_reload=check_reload,
-                      description=f"{describe(config)} model={models.model_id} thresholds(on/off)={thresholds}")
+                      description=f"{describe(config)} model={models.model_id} scoring={tracker.scoring} "
+                                  f"lookahead={chain.latency_seconds:.2f}s thresholds(on/off)={thresholds}")
     code = service.run()
     return RELOAD if service.reload_requested and code == 0 else code
 
