@@ -32,6 +32,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/audiocap/audiocap.toml")
 """Read when it exists and no ``--config`` is given."""
 PASSWORD_ENV = "AUDIOCAP_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"
+FROM_BUNDLE = -1.0
+"""An ``[events]`` timing left at this takes the classifier bundle's calibrated value."""
 
 
 class ConfigError(ValueError):
@@ -41,7 +43,8 @@ class ConfigError(ValueError):
 def _f(default: Any = dataclasses.MISSING, doc: str = "", *, lo: float | None = None,
        hi: float | None = None, choices: tuple[str, ...] | None = None, factory: Any = None,
        secret: bool = False) -> Any:
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "secret": secret, "table": factory is dict}
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "secret": secret, "table": factory is dict,
+            "bundle_default": default is FROM_BUNDLE}
     if factory is not None:
         return field(default_factory=factory, metadata=meta, repr=not secret)
     return field(default=default, metadata=meta, repr=not secret)
@@ -132,14 +135,14 @@ class EventsConfig:
 
     scoring: str = _f("auto", "Caption from per-second scores (seconds), from the 10-s window score (window), "
                               "or as the bundle is calibrated (auto).", choices=("auto", "seconds", "window"))
-    lookahead_s: float = _f(-1.0, "Per-second scoring: seconds of sound after a second before it is judged "
+    lookahead_s: float = _f(FROM_BUNDLE, "Per-second scoring: seconds of sound after a second before it is judged "
                                   "(the extra caption latency; rounded to 0.96 s steps); default: the bundle's, "
                                   "else 0.96.", lo=0, hi=(params.WINDOW_EMBEDDINGS - 1) * params.EMBEDDING_SECONDS)
-    min_duration_s: float = _f(-1.0, "Seconds above threshold before a caption starts; default: the bundle's, "
+    min_duration_s: float = _f(FROM_BUNDLE, "Seconds above threshold before a caption starts; default: the bundle's, "
                                      f"else {params.EVENT_MIN_DURATION_SECONDS:g}.", lo=0, hi=600)
-    hold_s: float = _f(-1.0, "Seconds below the off threshold before a caption ends; default: the bundle's, "
+    hold_s: float = _f(FROM_BUNDLE, "Seconds below the off threshold before a caption ends; default: the bundle's, "
                              f"else {params.EVENT_HOLD_SECONDS:g}.", lo=0, hi=600)
-    off_ratio: float = _f(-1.0, "Off threshold = on threshold x this, unless set per class; default: the "
+    off_ratio: float = _f(FROM_BUNDLE, "Off threshold = on threshold x this, unless set per class; default: the "
                                 f"bundle's, else {params.EVENT_OFF_RATIO:g}.", lo=0, hi=1)
     thresholds: dict[str, float] = _f(factory=dict, doc="Per-class on thresholds; default: the model bundle's.",
                                       lo=0, hi=1)
@@ -517,6 +520,9 @@ def to_toml(config: Config) -> str:
             value = getattr(obj, f.name)
             if f.metadata.get("secret"):
                 lines.append(f"# {f.name} = {'(set, masked)' if value else '(not set)'}")
+                continue
+            if f.metadata.get("bundle_default") and value == FROM_BUNDLE:
+                lines.append(f"# {f.name} = (from the classifier bundle)")
                 continue
             lines.append(f"{f.name} = {_toml_value(value)}")
         lines.append("")
