@@ -300,6 +300,9 @@ class ReplaySource:
         from pipeline.audioset import list_tfrecords
 
         d = Path(self.directory)
+        if d.exists() and not d.is_dir():
+            raise SourceError(f"replay source {self.directory} is not a folder (expected a folder of *.tfrecord)",
+                              EX_NOINPUT)
         if not d.is_dir():
             raise SourceError(f"replay folder not found: {self.directory}", EX_NOINPUT)
         try:

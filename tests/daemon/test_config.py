@@ -61,6 +61,13 @@ captions = { Animal = "[Dog barking]" }
         ("[mqtt]\npassword = \"hunter2\"\n", "[mqtt] password: unknown key (set the password with"),
         ("[mqtt]\nca_file = \"/nonexistent/ca.pem\"\n", "[mqtt] ca_file: no such file"),
         ("[daemon\n", "invalid TOML"),
+        # Issue 10: configurations that passed and then could not work.
+        ("[mqtt]\nhost = \"\"\n", "[mqtt] host is empty"),
+        ("[mqtt]\nusername = \"ca\\u0000p\"\n", "[mqtt] username: 'ca\\x00p' holds a NUL character"),
+        ("[mqtt]\nusername = \"ca\\np\"\n", "[mqtt] username: 'ca\\np' holds a control character"),
+        ("[events]\noff_ratio = 0\n", "[events] off_ratio = 0 would never end a caption"),
+        ("[daemon]\nsinks = \"stdout\"\n", "[daemon] sinks: expected a list of strings, got a string"),
+        ("[mic]\nsample_rate = 44101\n", "[mic] sample_rate: cannot stream-resample 44101 Hz"),
     ],
 )
 def test_bad_config_is_one_line_naming_key_and_file(tmp_path, text, fragment):
@@ -72,6 +79,29 @@ def test_bad_config_is_one_line_naming_key_and_file(tmp_path, text, fragment):
     assert str(p) in msg
     assert "\n" not in msg
     assert "hunter2" not in msg
+
+
+def test_ca_file_that_is_not_a_certificate(tmp_path):
+    notca = tmp_path / "ca.pem"
+    notca.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    p = _write(tmp_path, f"[mqtt]\ntls = true\nca_file = \"{notca}\"\n")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] ca_file: .* is not a PEM CA certificate") as info:
+        load_config(p)
+    assert str(p) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_odd_rates_that_resample_are_accepted(tmp_path):
+    assert load_config(_write(tmp_path, "[mic]\nsample_rate = 44100\n")).mic.sample_rate == 44100
+    assert load_config(_write(tmp_path, "[mic]\nsample_rate = 11025\n")).mic.sample_rate == 11025
+
+
+def test_check_config_refuses_an_off_threshold_above_the_models_on(tmp_path, classifier_dir):
+    p = _write(tmp_path, "[events]\noff_thresholds = { Music = 0.99 }\n")
+    r = dhelpers.run_daemon("--config", str(p), "--check-config", "--classifier", str(classifier_dir),
+                            "--runtime", "litert", timeout=120)
+    lines = dhelpers.error_lines(r.stderr)
+    assert r.returncode == 78, r.stderr[-2000:]
+    assert len(lines) == 1 and str(p) in lines[0] and "Music" in lines[0] and "Traceback" not in r.stderr
 
 
 def test_bad_flag_names_the_flag(tmp_path):

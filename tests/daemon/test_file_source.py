@@ -122,6 +122,9 @@ def test_cli_file_to_stdout_and_subtitles(recording, vggish_ckpt, pca_path, clas
         (["--source", "mic:no-such-microphone"], 69, "audio input device 'no-such-microphone' not found"),
         (["--source", "file:{wav}", "--sink", "vtt:/nonexistent/dir/out.vtt"], 73, "cannot write subtitles"),
         (["--source", "file:{wav}", "--mqtt-port", "99999"], 78, "--mqtt-port: [mqtt] port: 99999 is out of range"),
+        (["--source", "file:{odd}"], 65, "cannot stream-resample 44101 Hz"),
+        (["--source", "replay:{unreadable}"], 66, "is not a folder"),
+        (["--source", "file:{wav}", "--mqtt-host", ""], 78, "[mqtt] host is empty"),
     ],
 )
 def test_bad_input_one_line_and_exit_code(args, code, fragment, tmp_path, pca_path):
@@ -129,7 +132,11 @@ def test_bad_input_one_line_and_exit_code(args, code, fragment, tmp_path, pca_pa
     sf.write(wav, np.zeros(16000, np.float32), 16000)
     notwav = tmp_path / "notes.wav"
     notwav.write_text("this is not audio\n")
-    args = [a.format(wav=wav, notwav=notwav, pca=pca_path) for a in args]
+    odd = tmp_path / "odd.wav"
+    sf.write(odd, np.zeros(44101, np.float32), 44101)
+    unreadable = tmp_path / "not-a-folder.tfrecord"  # a path that is a file where a folder belongs
+    unreadable.write_bytes(b"")
+    args = [a.format(wav=wav, notwav=notwav, pca=pca_path, odd=odd, unreadable=unreadable) for a in args]
     r = dhelpers.run_daemon(*args, "--sink", "stdout", "--exit-at-end", timeout=60)
     lines = dhelpers.error_lines(r.stderr)
     assert r.returncode == code, r.stderr[-2000:]
@@ -145,3 +152,88 @@ def test_unreachable_tfhub_fails_at_once(tmp_path, pca_path):
     lines = dhelpers.error_lines(r.stderr)
     assert r.returncode == 69, r.stderr[-2000:]
     assert len(lines) == 1 and "tfhub.invalid is unreachable" in lines[0]
+
+
+# --- damaged files: captioned as far as they can be, each damage logged once ------------------
+
+def _read_all(path, caplog):
+    import threading
+
+    from daemon.sources import StreamBreak
+
+    src = FileSource(str(path), block_frames=1600, start_time=START)
+    src.open()
+    blocks = list(src.blocks(threading.Event()))
+    audio = [b for b in blocks if not isinstance(b, StreamBreak)]
+    return src, audio, [b for b in blocks if isinstance(b, StreamBreak)]
+
+
+def _tone_file(path, fmt_kw):
+    x = (0.5 * np.sin(np.arange(16000 * 6) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    sf.write(path, x, 16000, **fmt_kw)
+    return x
+
+
+def test_truncated_wav_warns_once_with_what_was_read(tmp_path, caplog):
+    path = tmp_path / "cut.wav"
+    _tone_file(path, {"subtype": "PCM_16"})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    src, audio, breaks = _read_all(path, caplog)
+    frames = sum(b.samples.shape[0] for b in audio)
+    assert 2.9 * 16000 < frames < 3.1 * 16000 and not breaks
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "6.0 s" in warnings[0]
+    assert src.stats()["truncated"] == 1
+
+
+def test_flac_losing_sync_mid_file_goes_on_after_the_damage(tmp_path, caplog):
+    path = tmp_path / "damaged.flac"
+    _tone_file(path, {"format": "FLAC"})
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 2000):
+        data[i] = (data[i] * 7 + 13) & 0xFF
+    path.write_bytes(bytes(data))
+    src, audio, breaks = _read_all(path, caplog)
+    assert src.stats()["damaged"] >= 1 and len(breaks) >= 1
+    # Audio after the damaged region is still delivered, on a new stream, at its own time.
+    after = [b for b in audio if b.stream > 0]
+    assert after and after[-1].t0 + after[-1].samples.shape[0] / 16000 == pytest.approx(START + 6.0, abs=0.01)
+    assert any(str(path) in r.getMessage() and "cannot decode" in r.getMessage() for r in caplog.records)
+
+
+def test_truncated_flac_ends_early_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "cut.flac"
+    _tone_file(path, {"format": "FLAC"})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    src, audio, breaks = _read_all(path, caplog)
+    ends = [r.getMessage() for r in caplog.records if "ends early" in r.getMessage()]
+    assert len(ends) == 1 and str(path) in ends[0] and "of 96000 frames" in ends[0]
+    assert sum(b.samples.shape[0] for b in audio) > 16000
+
+
+def test_nan_and_inf_samples_become_silence_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "nan.wav"
+    x = _tone_file(path, {"subtype": "FLOAT"})
+    x[1000:1100] = np.nan
+    x[20000] = np.inf
+    sf.write(path, x, 16000, subtype="FLOAT")
+    src, audio, _ = _read_all(path, caplog)
+    samples = np.concatenate([b.samples for b in audio])
+    assert np.isfinite(samples).all() and samples[1000:1100].max() == 0.0
+    assert sum("NaN/Inf" in r.getMessage() for r in caplog.records) == 1 and src.stats()["nonfinite"] >= 2
+
+
+def test_damaged_flac_through_the_daemon_exits_0_with_captions(tmp_path, vggish_ckpt, pca_path, classifier_dir):
+    path = tmp_path / "damaged.flac"
+    _tone_file(path, {"format": "FLAC"})
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 2000):
+        data[i] = (data[i] * 7 + 13) & 0xFF
+    path.write_bytes(bytes(data))
+    r = dhelpers.run_daemon("--source", f"file:{path}", "--sink", "stdout", "--pace", "fast", "--exit-at-end",
+                            "--vggish", str(vggish_ckpt), "--pca", str(pca_path), "--classifier",
+                            str(classifier_dir), timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "cannot decode" in r.stderr
