@@ -343,11 +343,13 @@
     card.setAttribute("data-active-caption", "");
     card.setAttribute("data-label", a.label);
     card.setAttribute("data-node", n.name);
-    card.appendChild(symbol(a.label));
+    var body = el("div", "caption-body");
+    body.appendChild(symbol(a.label));
     var text = el("span", "caption-text");
     text.appendChild(el("span", "words", words(a.label)));
     text.appendChild(el("span", "since"));
-    card.appendChild(text);
+    body.appendChild(text);
+    card.appendChild(body);
     updateCard(card, a);
     return card;
   }
@@ -377,7 +379,7 @@
       var row = ui.levelRows.get(label);
       if (!row) {
         row = el("div", "level cls-" + classKey(label));
-        var name = el("span", "level-name", words(label));
+        var name = el("span", "level-name", label); // the short class name: four fit on one line
         var bar = el("span", "bar");
         bar.setAttribute("aria-hidden", "true");
         bar.appendChild(el("span", "fill"));
@@ -387,7 +389,6 @@
         ui.levelRows.set(label, row);
         ui.levels.appendChild(row);
       }
-      row.querySelector(".level-name").textContent = words(label);
       row.querySelector(".fill").style.width = pct + "%";
       row.querySelector(".level-value").textContent = pct + " %";
     });
