@@ -22,21 +22,16 @@ def analyze():
     return "systemd-analyze"
 
 
-def _exec_path() -> str:
-    m = re.search(r"^ExecStart=(\S+)", UNIT.read_text(), re.M)
-    assert m, "no ExecStart"
-    return m.group(1)
-
-
 def test_unit_verifies_without_warnings(analyze, tmp_path):
     # verify checks that ExecStart exists, so install the unit into a root where
     # it does, next to the distribution's own units (sysinit.target & co).
     root = tmp_path / "root"
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    exe = root / _exec_path().lstrip("/")
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
+    for path in re.findall(r"^Exec\w+=(\S+)", UNIT.read_text(), re.M):  # ExecStart, ExecReload's kill
+        exe = root / path.lstrip("/")
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
     r = subprocess.run([analyze, "verify", f"--root={root}", UNIT.name], capture_output=True, text=True,
@@ -65,8 +60,14 @@ def test_unit_has_what_the_service_needs():
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes", "SupplementaryGroups=audio",
                  "StateDirectory=audiocap", "CacheDirectory=audiocap", "ConfigurationDirectory=audiocap",
-                 "DeviceAllow=char-alsa rw", "RestartPreventExitStatus=78"):
+                 "DeviceAllow=char-alsa rw", "RestartPreventExitStatus=65 66 73 78", "ExecReload=",
+                 "StartLimitBurst="):
         assert line in text, line
+    # An empty IPAddressDeny= does nothing; the password never goes in the environment.
+    assert not re.search(r"^IPAddressDeny=\s*$", text, re.M)
+    assert "AUDIOCAP_MQTT_PASSWORD" not in text
+    assert "Environment=AUDIOCAP_MQTT_PASSWORD" not in (UNIT.parent / "INSTALL.md").read_text().replace(
+        "never in the unit's\nenvironment (`Environment=AUDIOCAP_MQTT_PASSWORD=...`)", "")
     # The example configuration is valid as shipped.
     r = dhelpers.run_daemon("--config", str(UNIT.parent / "audiocap.toml"), "--check-config", timeout=60)
     assert r.returncode == 0, r.stderr
