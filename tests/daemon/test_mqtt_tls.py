@@ -61,3 +61,27 @@ def test_tls_with_client_certificate(pki, tmp_path, caplog):
         nocert.close()
     finally:
         broker.stop()
+
+
+def test_tls_failure_is_logged_with_its_reason(pki, tmp_path, caplog):
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = dhelpers.Mosquitto(workdir)
+    broker.conf.write_text(broker.conf.read_text() + (
+        f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"))
+    broker.start()
+    ctx = SinkContext("tlsbad", "file:x.wav", "m@1", ("Speech", "Animal", "Music", "Vehicle"), {})
+    # The client trusts another CA (its own certificate): the server's cannot be verified.
+    sink = MqttSink(MqttConfig(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(pki / "client.crt"),
+                               reconnect_min_s=1, reconnect_max_s=1), ctx)
+    try:
+        sink.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("TLS" in r.getMessage() for r in caplog.records):
+            time.sleep(0.1)
+        lines = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+        assert len(lines) == 1 and "certificate verification failed" in lines[0], lines
+        assert not sink.connected
+    finally:
+        sink.close()
+        broker.stop()
