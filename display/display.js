@@ -196,7 +196,6 @@
 
   var nodes = new Map(); // name -> node record (see nodeRecord)
   var history = []; // newest first: {id, label, node, start, end, startMs, endMs}
-  var seenEnds = new Set(); // event ids already in the history (QoS 1 may repeat)
   var link = { state: "connecting", everConnected: false, connectedAt: null, lostAt: null, attempts: 0, error: "" };
 
   function nodeRecord(name) {
@@ -584,7 +583,7 @@
 
   function describeError(err) {
     var msg = (err && err.message) || String(err);
-    if (/not authori[sz]ed|bad user ?name or password|code 4|code 5|135|134/i.test(msg)) {
+    if (/not authori[sz]ed|bad user ?name or password/i.test(msg)) {
       return "the server refused the login (" + msg + "); check user and password in the page address";
     }
     return msg;
@@ -651,9 +650,11 @@
       if (!a) announce(words(e.label) + " started" + (nodes.size > 1 ? " in " + name : "") + ".");
     } else {
       if (a && (!a.id || a.id === e.event_id)) n.active.delete(e.label);
-      var key = e.event_id || e.label + e.start;
-      if (!seenEnds.has(key)) {
-        seenEnds.add(key);
+      // QoS 1 may deliver an end twice, right after the first: it is in the history already.
+      var repeat = history.some(function (h) {
+        return h.id === (e.event_id || "") && h.label === e.label && h.start === e.start;
+      });
+      if (!repeat) {
         addHistory(e);
         announce(words(e.label) + " ended" + (nodes.size > 1 ? " in " + name : "") + ".");
       }
