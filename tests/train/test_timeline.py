@@ -57,17 +57,23 @@ MAX_FALSE_ALARM_SHARE = 0.3
 STREAM_SCENES = 160
 
 
-@pytest.mark.slow
-def test_audiocapd_replay_of_an_unseen_stream_follows_the_sound(bal_train_dir, tmp_path):
-    """`audiocapd --source replay:DIR --sink vtt:out.vtt` with the default config, on clips of the
-    report half of the validation split (neither the model nor the tracker was tuned on them)."""
+@pytest.fixture(scope="module")
+def report_clips(bal_train_dir):
+    """The shipped bundle and the clips of the report half of the grouped validation split."""
     pytest.importorskip("tensorflow")
     from pipeline.classifier import load_classifier
     from pipeline.labels import ClassMap
 
     clf = load_classifier()
-    class_map = ClassMap.from_metadata(clf.metadata["classes"])
-    clips, y = timeline.timeline_clips(bal_train_dir, class_map, half="report")
+    clips, y = timeline.timeline_clips(bal_train_dir, ClassMap.from_metadata(clf.metadata["classes"]), half="report")
+    return clf, clips, y
+
+
+@pytest.mark.slow
+def test_audiocapd_replay_of_an_unseen_stream_follows_the_sound(report_clips, tmp_path):
+    """`audiocapd --source replay:DIR --sink vtt:out.vtt` with the default config, on clips of the
+    report half of the validation split (neither the model nor the tracker was tuned on them)."""
+    clf, clips, y = report_clips
     stream = timeline.make_stream(clips, y, seed=7, max_scenes=STREAM_SCENES)
     replay = tmp_path / "replay"
     timeline.write_stream_tfrecords(stream, clips, replay)
@@ -89,3 +95,20 @@ def test_audiocapd_replay_of_an_unseen_stream_follows_the_sound(bal_train_dir, t
     assert m["end_delay_p50"] <= MAX_END_DELAY_P50, summary
     assert m["end_delay_p90"] <= MAX_END_DELAY_P90, summary
     assert m["false_alarm_share"] <= MAX_FALSE_ALARM_SHARE, summary
+
+
+@pytest.mark.slow
+def test_keras_and_litert_give_identical_captions(report_clips):
+    pytest.importorskip("ai_edge_litert")
+    from pipeline.classifier import load_classifier
+    from pipeline.events import make_tracker
+
+    _, clips, y = report_clips
+    keras_clf, litert_clf = load_classifier(runtime="keras"), load_classifier(runtime="litert")
+    assert keras_clf.metadata["seconds"].get("keras"), "the Keras runtime should run the bundle's own Keras model"
+    stream = timeline.make_stream(clips, y, seed=3, max_scenes=30)
+    caps_k, scores_k = timeline.run_chain(keras_clf, make_tracker(keras_clf), stream)
+    caps_l, scores_l = timeline.run_chain(litert_clf, make_tracker(litert_clf), stream)
+    assert make_tracker(keras_clf).scoring == "seconds"
+    assert np.nanmax(np.abs(scores_k - scores_l)) < 1e-4
+    assert len(caps_l) > 5 and caps_k == caps_l
