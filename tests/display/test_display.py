@@ -93,6 +93,11 @@ def test_live_captions_per_room_then_sigkill_shows_the_room_offline(
         "return Array.from(document.querySelectorAll('[data-active-caption] .words'))"
         ".map(function (e) { return parseFloat(getComputedStyle(e).fontSize); })")
     assert min(sizes) >= 48, sizes
+    # A caption that starts while the page watches gets the (default-on) glow.
+    assert dh.dom(browser, "[data-active-caption].flash")
+    # ...and is announced in the polite live region, in words.
+    announced = browser.find_element("css selector", "[aria-live=polite]").get_attribute("textContent")
+    assert any(f"{w} started" in announced for w in ("Speech", "Animal sounds", "Music", "Vehicle")), announced
 
     # Ended captions go to the history with their payload times.
     dh.wait_until(lambda: len(dh.dom(browser, "[data-history-entry]")) >= 2, 40, what="two history entries")
