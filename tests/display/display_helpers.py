@@ -73,7 +73,8 @@ class DisplayBroker(dhelpers.Mosquitto):
 
 
 def set_viewport(driver, width: int, height: int, mobile: bool = False) -> None:
-    """The CSS viewport exactly (headless window sizes include no chrome, but be explicit)."""
+    """The CSS viewport exactly: headless Chromium's --window-size is not the viewport
+    (1920x1080 gives a 937 px high page)."""
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
         "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
 
