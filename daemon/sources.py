@@ -198,14 +198,16 @@ class FileSource:
         done = 0
         stream = 0
         skip = max(self.block_frames, int(FILE_SKIP_SECONDS * self.sample_rate))
-        with sf.SoundFile(self.path) as fh:
+        fh = sf.SoundFile(self.path)
+        try:
             while not stop.is_set():
                 try:
                     data = fh.read(self.block_frames, dtype="float32", always_2d=True)
                 except Exception as exc:  # noqa: BLE001 - libsndfile's errors have no common type
-                    done = self._skip_damage(fh, done, skip, exc)
+                    fh.close()
+                    fh, done = self._skip_damage(done, skip, exc)
                     yield StreamBreak(time.time())  # open captions end where the audio did
-                    if done < 0:
+                    if fh is None:
                         return
                     stream += 1
                     continue
@@ -223,27 +225,43 @@ class FileSource:
                     _sleep_until(m0 + done / self.sample_rate, stop)
                 self._blocks += 1
                 yield AudioBlock(data, self.sample_rate, t0, time.time(), stream)
+        finally:
+            if fh is not None:
+                fh.close()
 
-    def _skip_damage(self, fh: Any, done: int, skip: int, exc: BaseException) -> int:
-        """Seeks past a region the decoder cannot read; the new position, or -1 at the end."""
+    def _skip_damage(self, done: int, skip: int, exc: BaseException) -> tuple[Any, int]:
+        """Re-opens the file past a region the decoder cannot read.
+
+        libsndfile's handle is unusable after a decoder error (a FLAC that lost
+        sync will not even seek), so the file is opened again and sought
+        :data:`FILE_SKIP_SECONDS` further each time until it decodes.
+
+        Returns:
+          ``(handle, position)``, or ``(None, done)`` when nothing past the
+          damage can be read (the file ends there).
+        """
+        import soundfile as sf
+
         self.counters["damaged"] += 1
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        target = done + skip
-        if target < self.frames:
+        for target in range(done + skip, self.frames, skip):
+            fh = None
             try:
+                fh = sf.SoundFile(self.path)
                 fh.seek(target)
-            except Exception:  # noqa: BLE001 - a seek past the damage failed too: the file ends here
-                target = self.frames
-        if target >= self.frames:
-            self.counters["truncated"] += 1
-            _LOGGER.warning("%s ends early: cannot decode past %.1f s of %.1f s (%s); read %d of %d frames",
-                            self.path, done / self.sample_rate, self.frames / self.sample_rate, reason, done,
-                            self.frames)
-            return -1
-        level = logging.WARNING if self.counters["damaged"] == 1 else logging.DEBUG
-        _LOGGER.log(level, "%s: cannot decode at %.1f s (%s); skipped to %.1f s (%d damaged region(s) so far)",
-                    self.path, done / self.sample_rate, reason, target / self.sample_rate, self.counters["damaged"])
-        return target
+            except Exception:  # noqa: BLE001 - not decodable there either: further on
+                if fh is not None:
+                    fh.close()
+                continue
+            level = logging.WARNING if self.counters["damaged"] == 1 else logging.DEBUG
+            _LOGGER.log(level, "%s: cannot decode at %.1f s (%s); skipped to %.1f s (%d damaged region(s) so far)",
+                        self.path, done / self.sample_rate, reason, target / self.sample_rate,
+                        self.counters["damaged"])
+            return fh, target
+        self.counters["truncated"] += 1
+        _LOGGER.warning("%s ends early: cannot decode past %.1f s of %.1f s (%s); read %d of %d frames",
+                        self.path, done / self.sample_rate, self.frames / self.sample_rate, reason, done, self.frames)
+        return None, done
 
     def stats(self) -> dict[str, Any]:
         """Blocks read, and the damage met."""

@@ -174,11 +174,25 @@ def _tone_file(path, fmt_kw):
     return x
 
 
-def test_truncated_wav_warns_once_with_what_was_read(tmp_path, caplog):
-    path = tmp_path / "cut.wav"
-    _tone_file(path, {"subtype": "PCM_16"})
+def _damage_flac(path):
+    """A 6 s tone as FLAC with 2000 bytes scrambled a third of the way in (the decoder loses sync)."""
+    _tone_file(path, {"format": "FLAC"})
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 2000):
+        data[i] = (data[i] * 7 + 13) & 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _cut_in_half(path, fmt_kw):
+    """A 6 s tone whose file is cut after half its bytes (header intact)."""
+    _tone_file(path, fmt_kw)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_truncated_wav_warns_once_with_what_was_read(tmp_path, caplog):
+    path = _cut_in_half(tmp_path / "cut.wav", {"subtype": "PCM_16"})
     src, audio, breaks = _read_all(path, caplog)
     frames = sum(b.samples.shape[0] for b in audio)
     assert 2.9 * 16000 < frames < 3.1 * 16000 and not breaks
@@ -189,11 +203,7 @@ def test_truncated_wav_warns_once_with_what_was_read(tmp_path, caplog):
 
 def test_flac_losing_sync_mid_file_goes_on_after_the_damage(tmp_path, caplog):
     path = tmp_path / "damaged.flac"
-    _tone_file(path, {"format": "FLAC"})
-    data = bytearray(path.read_bytes())
-    for i in range(len(data) // 3, len(data) // 3 + 2000):
-        data[i] = (data[i] * 7 + 13) & 0xFF
-    path.write_bytes(bytes(data))
+    _damage_flac(path)
     src, audio, breaks = _read_all(path, caplog)
     assert src.stats()["damaged"] >= 1 and len(breaks) >= 1
     # Audio after the damaged region is still delivered, on a new stream, at its own time.
@@ -203,10 +213,7 @@ def test_flac_losing_sync_mid_file_goes_on_after_the_damage(tmp_path, caplog):
 
 
 def test_truncated_flac_ends_early_with_one_warning(tmp_path, caplog):
-    path = tmp_path / "cut.flac"
-    _tone_file(path, {"format": "FLAC"})
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    path = _cut_in_half(tmp_path / "cut.flac", {"format": "FLAC"})
     src, audio, breaks = _read_all(path, caplog)
     ends = [r.getMessage() for r in caplog.records if "ends early" in r.getMessage()]
     assert len(ends) == 1 and str(path) in ends[0] and "of 96000 frames" in ends[0]
@@ -227,11 +234,7 @@ def test_nan_and_inf_samples_become_silence_with_a_warning(tmp_path, caplog):
 
 def test_damaged_flac_through_the_daemon_exits_0_with_captions(tmp_path, vggish_ckpt, pca_path, classifier_dir):
     path = tmp_path / "damaged.flac"
-    _tone_file(path, {"format": "FLAC"})
-    data = bytearray(path.read_bytes())
-    for i in range(len(data) // 3, len(data) // 3 + 2000):
-        data[i] = (data[i] * 7 + 13) & 0xFF
-    path.write_bytes(bytes(data))
+    _damage_flac(path)
     r = dhelpers.run_daemon("--source", f"file:{path}", "--sink", "stdout", "--pace", "fast", "--exit-at-end",
                             "--vggish", str(vggish_ckpt), "--pca", str(pca_path), "--classifier",
                             str(classifier_dir), timeout=180)
