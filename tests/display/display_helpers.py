@@ -22,6 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = helpers.REPO / "runs" / "display"
 DAEMON_USER, DAEMON_PASSWORD = "audiocapd", "daemon-secret"
 DISPLAY_USER, DISPLAY_PASSWORD = "display", "display-secret"
+ACCOUNTS = {DAEMON_USER: DAEMON_PASSWORD, DISPLAY_USER: DISPLAY_PASSWORD}  # the users of display/mosquitto.acl
 # The browser runs in a zone and language of our choosing, so the test can
 # derive the local times the page must show.
 BROWSER_TZ = "Europe/Berlin"
@@ -41,6 +42,24 @@ def require_display_parts() -> None:
         pytest.fail("selenium missing: pip install -e '.[test]'")
 
 
+def write_password_file(path: Path) -> Path:
+    """A mosquitto password file with ACCOUNTS (mosquitto_passwd hashes them)."""
+    path.write_text("")
+    for user, password in ACCOUNTS.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(path), user, password], check=True)
+    return path
+
+
+def mqtt_tool(tool: str, port: int | str, user: str | None, *args: str, **kw):
+    """``mosquitto_pub``/``mosquitto_sub`` on 127.0.0.1:port as ``user`` (None: anonymous);
+    Popen when ``popen=True`` (stdout piped), else run to completion."""
+    auth = ["-u", user, "-P", ACCOUNTS[user]] if user else []
+    cmd = [tool, "-h", "127.0.0.1", "-p", str(port), *auth, *args]
+    if kw.pop("popen", False):
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=15, **kw)
+
+
 class DisplayBroker(dhelpers.Mosquitto):
     """The test broker: an anonymous listener for the test's own observers
     (``port``), the daemon's listener with a password (``daemon_port``) and
@@ -50,10 +69,7 @@ class DisplayBroker(dhelpers.Mosquitto):
     def __init__(self, workdir: Path) -> None:
         self.daemon_port = dhelpers.free_port()
         self.ws_port = dhelpers.free_port()
-        passwd = workdir / "passwd"
-        passwd.write_text("")
-        for user, password in ((DAEMON_USER, DAEMON_PASSWORD), (DISPLAY_USER, DISPLAY_PASSWORD)):
-            subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+        passwd = write_password_file(workdir / "passwd")
         auth = f"allow_anonymous false\npassword_file {passwd}\nacl_file {DISPLAY / 'mosquitto.acl'}\n"
         super().__init__(workdir, extra_conf=(
             f"listener {self.daemon_port} 127.0.0.1\n{auth}"

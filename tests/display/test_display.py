@@ -176,10 +176,9 @@ def test_ended_captions_fill_the_history_and_the_display_account_cannot_publish(
     fake = {"schema": 1, "event_id": "fake", "type": "end", "label": "Speech", "caption": "[Speech]", "score": 1,
             "start": "2026-01-01T00:00:00.000Z", "end": "2026-01-01T00:00:01.000Z", "node": "attic"}
     control = dict(fake, event_id="control", label="Music", caption="[Music]", urgent=True, level_db=-20.5)
-    for user, password, payload in ((dh.DISPLAY_USER, dh.DISPLAY_PASSWORD, fake),
-                                    (dh.DAEMON_USER, dh.DAEMON_PASSWORD, control)):
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.daemon_port), "-u", user, "-P", password,
-                        "-q", "1", "-t", "audiocap/attic/events", "-m", json.dumps(payload)], check=True, timeout=10)
+    for user, payload in ((dh.DISPLAY_USER, fake), (dh.DAEMON_USER, control)):
+        dh.mqtt_tool("mosquitto_pub", broker.daemon_port, user, "-q", "1", "-t", "audiocap/attic/events",
+                     "-m", json.dumps(payload), check=True)
     dh.wait_until(lambda: dh.dom(browser, "[data-history-entry][data-event-id=control]"), 5,
                   what="the control event (with keys the page does not know) in the history")
     assert not dh.dom(browser, "[data-history-entry][data-event-id=fake]")
@@ -226,10 +225,7 @@ def test_shipped_broker_config_serves_the_page_over_http_and_https_with_a_read_o
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    passwd = tmp_path / "audiocap.passwd"
-    passwd.write_text("")
-    for user, password in ((dh.DAEMON_USER, dh.DAEMON_PASSWORD), (dh.DISPLAY_USER, dh.DISPLAY_PASSWORD)):
-        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+    passwd = dh.write_password_file(tmp_path / "audiocap.passwd")
     conf = (dh.DISPLAY / "mosquitto.conf").read_text()
     conf = re.sub(r"^#(listener 9443|protocol|http_dir|certfile|keyfile|tls_version)", r"\1", conf, flags=re.M)
     conf = re.sub(r"^listener (\d+)$", lambda m: f"listener {ports[m.group(1)]} 127.0.0.1", conf, flags=re.M)
@@ -239,7 +235,7 @@ def test_shipped_broker_config_serves_the_page_over_http_and_https_with_a_read_o
         assert shipped in conf
         conf = conf.replace(shipped, str(local))
     (tmp_path / "mosquitto.conf").write_text(f"user root\nlog_dest file {tmp_path / 'mosquitto.log'}\n" + conf)
-    proc = subprocess.Popen(["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.DEVNULL)
     try:
         for p in ports.values():
             dhelpers.wait_port(int(p))
@@ -252,21 +248,19 @@ def test_shipped_broker_config_serves_the_page_over_http_and_https_with_a_read_o
                                      timeout=5, context=tls).read()
         assert len(lib) > 10_000
 
-        def mqtt_tool(tool: str, user: str | None, *args: str, **kw) -> subprocess.CompletedProcess:
-            auth = ["-u", user, "-P", dict(((dh.DAEMON_USER, dh.DAEMON_PASSWORD),
-                                            (dh.DISPLAY_USER, dh.DISPLAY_PASSWORD)))[user]] if user else []
-            return subprocess.run([tool, "-h", "127.0.0.1", "-p", ports["1883"], *auth, *args], capture_output=True,
-                                  text=True, timeout=15, **kw)
-
-        assert mqtt_tool("mosquitto_sub", None, "-t", "audiocap/#", "-C", "1", "-W", "3").returncode != 0
-        reader = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", ports["1883"], "-u", dh.DISPLAY_USER,
-                                   "-P", dh.DISPLAY_PASSWORD, "-t", "audiocap/#", "-C", "1", "-W", "10"],
-                                  stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # subscribed
-        mqtt_tool("mosquitto_pub", dh.DISPLAY_USER, "-t", "audiocap/x/status", "-m", "forged", "-q", "1", check=True)
-        mqtt_tool("mosquitto_pub", dh.DAEMON_USER, "-t", "audiocap/x/status", "-m", "online", "-q", "1", check=True)
-        out, _ = reader.communicate(timeout=15)
-        assert out.split() == ["online"]
+        port = ports["1883"]
+        assert dh.mqtt_tool("mosquitto_sub", port, None, "-t", "audiocap/#", "-C", "1", "-W", "3").returncode != 0
+        # The display reads; what it publishes is dropped. Each round publishes a forgery
+        # first, so a reader that got anything but the daemon's message would see it.
+        reader = dh.mqtt_tool("mosquitto_sub", port, dh.DISPLAY_USER, "-t", "audiocap/#", "-C", "1", "-W", "15",
+                              popen=True)
+        while reader.poll() is None:
+            dh.mqtt_tool("mosquitto_pub", port, dh.DISPLAY_USER, "-t", "audiocap/x/status", "-m", "forged", "-q", "1",
+                         check=True)
+            dh.mqtt_tool("mosquitto_pub", port, dh.DAEMON_USER, "-t", "audiocap/x/status", "-m", "online", "-q", "1",
+                         check=True)
+            time.sleep(0.3)
+        assert reader.stdout.read().split() == ["online"]
     finally:
         proc.terminate()
         proc.wait(10)
