@@ -393,8 +393,21 @@
     });
   }
 
+  // The tab or window title says what is on now, for a glance at a taskbar.
+  function renderTitle() {
+    var on = [];
+    nodes.forEach(function (n) {
+      if (n.state === "offline") return;
+      n.active.forEach(function (a) {
+        if (on.indexOf(words(a.label)) < 0) on.push(words(a.label));
+      });
+    });
+    document.title = (link.state !== "connected" ? "Not live" : on.length ? on.join(", ") : "Quiet") + " — audiocap";
+  }
+
   function renderAll() {
     nodes.forEach(renderNode);
+    renderTitle();
     waiting.hidden = nodes.size > 0;
     if (nodes.size === 0) {
       waiting.textContent = link.state === "connected"
@@ -660,6 +673,7 @@
       }
     }
     renderNode(n);
+    renderTitle();
     waiting.hidden = true;
   }
 
@@ -688,6 +702,15 @@
     else renderAll();
   }
 
+  // A wall display must not go dark: keep the screen on while the page is shown
+  // (Screen Wake Lock; browsers offer it on https and localhost only).
+  function keepScreenOn() {
+    if (!navigator.wakeLock || document.visibilityState !== "visible") return;
+    navigator.wakeLock.request("screen").catch(function () {
+      /* refused (battery saver, insecure origin): the screen's own settings apply */
+    });
+  }
+
   // --- Start ------------------------------------------------------------------------
 
   function start() {
@@ -714,6 +737,8 @@
       "Captions from " + (config.broker || "?") + ", topics " + config.prefix + "/" + (config.node || "+") + "/…";
     renderLink();
     renderAll();
+    keepScreenOn();
+    document.addEventListener("visibilitychange", keepScreenOn); // the lock ends when the page is hidden
     // Durations tick once a second; nothing else is redrawn.
     window.setInterval(function () {
       nodes.forEach(function (n) {

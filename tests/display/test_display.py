@@ -93,6 +93,11 @@ def test_live_captions_per_room_then_sigkill_shows_the_room_offline(
         "return Array.from(document.querySelectorAll('[data-active-caption] .words'))"
         ".map(function (e) { return parseFloat(getComputedStyle(e).fontSize); })")
     assert min(sizes) >= 48, sizes
+    # The window title names what is on (read in one go: captions come and go).
+    title, shown = browser.execute_script(
+        "return [document.title, Array.from(document.querySelectorAll('[data-active-caption] .words'))"
+        ".map(function (e) { return e.textContent; })]")
+    assert shown and all(w in title for w in shown), (title, shown)
     # A caption that starts while the page watches gets the (default-on) glow.
     assert dh.dom(browser, "[data-active-caption].flash")
     # ...and is announced in the polite live region, in words.
