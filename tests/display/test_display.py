@@ -74,7 +74,7 @@ def _record(name: str, figures: dict) -> None:
     print(f"\n{name}: {json.dumps(figures)}")
 
 
-def test_live_captions_per_room_then_sigkill_shows_the_room_offline(
+def test_live_captions_per_room_pass_axe_and_a_sigkilled_room_goes_offline(
     broker, browser, daemons, observer, bal_train_dir, replay_subset
 ):
     kitchen = daemons("kitchen", bal_train_dir)  # paced: one embedding every 0.96 s
