@@ -143,6 +143,7 @@ def test_live_captions_per_room_pass_axe_and_a_sigkilled_room_goes_offline(
     _record("axe", axe)
     for state, counts in axe.items():
         assert counts["critical"] == counts["serious"] == 0, (state, counts)
+
     def summary(v: list[float]) -> dict:
         return {"n": len(v), "median": round(statistics.median(v), 3), "max": round(max(v), 3)}
 
@@ -153,6 +154,11 @@ def test_live_captions_per_room_pass_axe_and_a_sigkilled_room_goes_offline(
     })
     # The page is told about as soon as the observer (same broker, same machine).
     assert max(lat["start"] + lat["end"]) < 2.0, lat
+
+    # ?node= shows one room: the hall's levels arrive, the kitchen's retained status does not.
+    browser.get(broker.page_url(node="hall"))
+    dh.wait_until(lambda: dh.dom(browser, "[data-node-group=hall] [data-scores-t]"), 15, what="the hall's levels")
+    assert {s["node"] for s in dh.dom(browser, "[data-node-status]")} == {"hall"}
 
 
 def test_ended_captions_fill_the_history_and_the_display_account_cannot_publish(
