@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from daemon.exitcodes import EX_CANTCREAT, ExitError
+
 _LOGGER = logging.getLogger(__name__)
 
 SYNC_DELAY_S = 0.05
@@ -50,8 +52,11 @@ COMPACT_MIN_DEAD = 1000
 """Compact once this many lines (and more than twice the live ones) are dead."""
 
 
-class JournalError(OSError):
-    """The journal cannot be created or written at start-up (one line: path and reason)."""
+class JournalError(ExitError):
+    """The journal cannot be created, read or written at start-up (one line: path and reason)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EX_CANTCREAT)
 
 
 @dataclass(frozen=True)
