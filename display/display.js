@@ -19,6 +19,11 @@
   // --- Configuration from the URL ---------------------------------------------------
 
   var query = new URLSearchParams(window.location.search);
+  // Parameters may also follow "#": the fragment never leaves the browser (not in the
+  // page request, not in server logs), so it is the place for the password.
+  new URLSearchParams(window.location.hash.replace(/^#/, "")).forEach(function (value, key) {
+    query.set(key, value);
+  });
 
   function defaultBroker() {
     // The page is normally served by mosquitto's own websockets listener:
@@ -721,6 +726,11 @@
       document.getElementById("opt-vibrate").closest("label").hidden = true;
     }
     document.getElementById("clear-history").addEventListener("click", clearHistory);
+    // The skip link moves focus without replacing the address's fragment (it may hold the login).
+    document.querySelector(".skip").addEventListener("click", function (ev) {
+      ev.preventDefault();
+      document.getElementById("now").focus();
+    });
     var fs = document.getElementById("fullscreen");
     if (document.documentElement.requestFullscreen) {
       fs.addEventListener("click", function () {

@@ -53,29 +53,45 @@ new MutationObserver(function (records) {
 
 
 @pytest.fixture
-def browser(tmp_path):
+def chromium(tmp_path):
+    """Starts headless Chromium sessions, ``start(*extra_args)``, each with a fresh
+    profile, as a 1080p TV in en-GB and Europe/Berlin; quits them at the end."""
     dh.require_display_parts()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(dh.CHROMIUM)
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--hide-scrollbars",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1920,1080"):
-        options.add_argument(arg)
-    env = dict(os.environ, TZ=dh.BROWSER_TZ)
-    service = Service(executable_path=str(dh.CHROMEDRIVER), env=env, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_script_timeout(60)
-    # en-GB: 24-hour local times the test can derive; the zone comes from TZ above.
-    driver.execute_cdp_cmd("Emulation.setLocaleOverride", {"locale": "en-GB"})
-    # Runs before the page's scripts on every load.
-    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _WATCH})
-    dh.set_viewport(driver, 1920, 1080)  # a 1080p TV unless a test says otherwise
-    yield driver
-    driver.quit()
+    drivers = []
+
+    def start(*extra_args: str):
+        n = len(drivers)
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(dh.CHROMIUM)
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--hide-scrollbars",
+                    f"--user-data-dir={tmp_path / f'chromium-profile-{n}'}", "--window-size=1920,1080", *extra_args):
+            options.add_argument(arg)
+        env = dict(os.environ, TZ=dh.BROWSER_TZ)
+        service = Service(executable_path=str(dh.CHROMEDRIVER), env=env,
+                          log_output=str(tmp_path / f"chromedriver-{n}.log"))
+        driver = webdriver.Chrome(service=service, options=options)
+        drivers.append(driver)
+        driver.set_script_timeout(60)
+        # en-GB: 24-hour local times the test can derive; the zone comes from TZ above.
+        driver.execute_cdp_cmd("Emulation.setLocaleOverride", {"locale": "en-GB"})
+        # Runs before the page's scripts on every load.
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _WATCH})
+        dh.set_viewport(driver, 1920, 1080)  # a 1080p TV unless a test says otherwise
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+@pytest.fixture
+def browser(chromium):
+    return chromium()
 
 
 # --- The daemon ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,15 @@ class DisplayBroker(dhelpers.Mosquitto):
         dhelpers.wait_port(self.ws_port)
         dhelpers.wait_port(self.daemon_port)
 
-    def page_url(self, **params: str) -> str:
-        query = {"user": DISPLAY_USER, "password": DISPLAY_PASSWORD, **params}
-        return f"http://127.0.0.1:{self.ws_port}/index.html?" + "&".join(f"{k}={v}" for k, v in query.items())
+    def page_url(self, credentials_in: str = "fragment", **params: str) -> str:
+        """The page's address with the display's login after ``#`` (as docs/display.md
+        advises) or in the query (``credentials_in="query"``); ``params`` may override."""
+        login = {"user": DISPLAY_USER, "password": DISPLAY_PASSWORD}
+        for k in login.keys() & params.keys():
+            login[k] = params.pop(k)
+        query, fragment = (params, login) if credentials_in == "fragment" else ({**login, **params}, {})
+        url = f"http://127.0.0.1:{self.ws_port}/index.html?" + urllib.parse.urlencode(query)
+        return url + ("#" + urllib.parse.urlencode(fragment) if fragment else "")
 
 
 def set_viewport(driver, width: int, height: int, mobile: bool = False) -> None:

@@ -198,7 +198,7 @@ def test_ended_captions_fill_the_history_and_the_display_account_cannot_publish(
 
 def test_page_reconnects_by_itself_after_a_broker_restart(broker, browser, daemons, observer, bal_train_dir):
     daemons("porch", bal_train_dir)
-    browser.get(broker.page_url())
+    browser.get(broker.page_url(credentials_in="query"))  # the other form of the login
     dh.wait_until(lambda: dh.dom(browser, "[data-connection=connected]"), 15, what="the page connected")
     dh.wait_until(lambda: dh.dom(browser, "[data-node-status][data-node=porch][data-state=online]"), 30,
                   what="porch online")
@@ -227,9 +227,10 @@ def test_page_reconnects_by_itself_after_a_broker_restart(broker, browser, daemo
     _record("reconnect", {"reconnected_after_broker_start_s": round(reconnected_after, 3)})
 
 
-def test_shipped_broker_config_serves_the_page_over_http_and_https_with_a_read_only_display(tmp_path):
+def test_shipped_broker_config_serves_the_page_over_http_and_https_with_a_read_only_display(tmp_path, chromium):
     """display/mosquitto.conf as shipped (its wss block switched on), only ports and
-    paths made local: it must start, serve the page, and enforce the accounts."""
+    paths made local: it must start, serve the page (https to an HTTP/1.1 client), enforce
+    the accounts, and carry a browser's MQTT over wss."""
     dh.require_display_parts()
     ports = {p: str(dhelpers.free_port()) for p in ("1883", "9001", "9443")}
     cert, key = tmp_path / "display.crt", tmp_path / "display.key"
@@ -272,6 +273,21 @@ def test_shipped_broker_config_serves_the_page_over_http_and_https_with_a_read_o
                          check=True)
             time.sleep(0.3)
         assert reader.stdout.read().split() == ["online"]
+
+        # A browser: the page over http, MQTT over wss (the form that works with Debian's
+        # mosquitto, see docs/display.md), login after '#'. Chromium trusts exactly this test
+        # key (its SPKI hash), as a screen would trust the LAN's CA.
+        spki = subprocess.run(f"openssl x509 -in {cert} -pubkey -noout | openssl pkey -pubin -outform der"
+                              " | openssl dgst -sha256 -binary | base64", shell=True, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        screen = chromium(f"--ignore-certificate-errors-spki-list={spki}")
+        screen.get(f"http://127.0.0.1:{ports['9001']}/index.html?broker=wss://127.0.0.1:{ports['9443']}"
+                   f"#user={dh.DISPLAY_USER}&password={dh.DISPLAY_PASSWORD}")
+        dh.wait_until(lambda: dh.dom(screen, "[data-connection=connected]"), 15, what="the page connected over wss")
+        dh.mqtt_tool("mosquitto_pub", port, dh.DAEMON_USER, "-t", "audiocap/den/status", "-m", "online", "-q", "1",
+                     "-r", check=True)
+        dh.wait_until(lambda: dh.dom(screen, "[data-node-status][data-node=den][data-state=online]"), 10,
+                      what="a status delivered over wss")
     finally:
         proc.terminate()
         proc.wait(10)
@@ -288,7 +304,7 @@ def test_reduced_motion_turns_the_flash_and_vibration_off_and_the_switches_work_
     assert switches() == {"flash": True, "vibrate": True, "scores": True}
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
                             {"features": [{"name": "prefers-reduced-motion", "value": "reduce"}]})
-    browser.get(broker.page_url())
+    browser.refresh()  # (a get() of the same address with a '#' would not reload)
     assert switches() == {"flash": False, "vibrate": False, "scores": True}
     # Tab to the settings, open them with Enter, Tab to the flash switch, turn it on with the
     # space bar; the choice is remembered.
@@ -302,7 +318,9 @@ def test_reduced_motion_turns_the_flash_and_vibration_off_and_the_switches_work_
     assert browser.switch_to.active_element.get_attribute("id") == "opt-flash"
     ActionChains(browser).send_keys(Keys.SPACE).perform()
     assert switches()["flash"] is True
-    browser.get(broker.page_url())
+    browser.execute_script("window.__before_reload = true")
+    browser.refresh()
+    assert browser.execute_script("return window.__before_reload === undefined")  # a new page
     assert switches()["flash"] is True
 
 
