@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from daemon.sinks.base import SinkStats
@@ -13,7 +14,8 @@ from pipeline.events import CaptionEvent
 _LOGGER = logging.getLogger(__name__)
 
 REWRITE_INTERVAL_S = 1.0
-"""At most one rewrite of the file per this many seconds while running."""
+"""At most one rewrite of the file per this many seconds while running (and
+never more often than every ten times the last rewrite took)."""
 
 
 class SubtitleSink:
@@ -21,8 +23,8 @@ class SubtitleSink:
 
     Cue times are relative to the first audio of the run. A writer thread
     rewrites the file atomically after finished captions, at most once per
-    :data:`REWRITE_INTERVAL_S` (a killed run leaves the captions finished up
-    to then), and :meth:`close` writes the final file. Formatting tens of
+    :data:`REWRITE_INTERVAL_S` or ten rewrite times (a killed run leaves the
+    captions finished up to then), and :meth:`close` writes the final file. Formatting tens of
     thousands of cues takes a fifth of a second, so it never runs on the
     caption thread, and a fast replay does not rewrite the file per caption.
     (Cues are rewritten rather than appended because WebVTT orders cues by
@@ -91,12 +93,16 @@ class SubtitleSink:
                     self._cond.wait()
                 if self._closing:
                     return
+            t = time.monotonic()
             try:
                 self._write()
             except OSError as exc:
                 _LOGGER.error("cannot write subtitles to %s: %s", self.path, exc.strerror or exc)
+            # A long file takes long to format: pause ten times that, so the
+            # writer never takes more than a tenth of the CPU from the captions.
+            pause = max(REWRITE_INTERVAL_S, 10 * (time.monotonic() - t))
             with self._cond:
-                self._cond.wait_for(lambda: self._closing, timeout=REWRITE_INTERVAL_S)
+                self._cond.wait_for(lambda: self._closing, timeout=pause)
 
     def on_metrics(self, metrics: dict[str, Any]) -> None:
         """Not used."""
