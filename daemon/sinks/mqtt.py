@@ -195,8 +195,8 @@ class MqttSink:
         self.check()
         self._load_journal()
         cfg = self.config
-        _LOGGER.info("connecting to MQTT broker %s:%d (tls=%s, user %s)", cfg.host, cfg.effective_port, cfg.tls,
-                     cfg.username or "-")
+        _LOGGER.info("connecting to MQTT broker %s:%d (tls=%s, user %s, journal %s)", cfg.host, cfg.effective_port,
+                     cfg.tls, cfg.username or "-", self.spool_path or "none: undelivered captions live in memory only")
         self._pump_thread.start()
         self.client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
         self.client.loop_start()
