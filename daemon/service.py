@@ -218,12 +218,10 @@ class Service:
             self._dispatch(self.chain.end_stream(origin))
         except Exception as exc:  # noqa: BLE001 - the stream is being abandoned anyway
             _LOGGER.debug("ending the stream failed (%s); ending the captions directly", _one_line(exc))
-            end = getattr(self.chain, "_last_end", None) or origin
             try:
-                self._dispatch(self.chain.tracker.finish(end, origin))
+                self._dispatch(self.chain.abandon_stream(origin))
             except Exception:  # noqa: BLE001
                 _LOGGER.error("cannot end the open captions: %s", _one_line(exc))
-            self.chain._stream = None  # the next block starts a fresh stream
 
     def _dispatch(self, outputs: list[Any]) -> None:
         for out in outputs:

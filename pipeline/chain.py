@@ -197,6 +197,23 @@ class CaptionChain:
                 out += self._emit(i, self._pending[pos], origin)
         if self._last_end is not None:
             out += self.tracker.finish(self._last_end, origin)
+        self._reset()
+        return out
+
+    def abandon_stream(self, origin: float) -> list[Output]:
+        """Ends the current stream without scoring what is left (when scoring is what failed).
+
+        Returns:
+          The ``end`` events of the captions that were open, ended where the
+          audio processed so far ends (or at ``origin`` if none was).
+        """
+        end = self._last_end if self._last_end is not None else origin
+        try:
+            return self.tracker.finish(end, origin)
+        finally:
+            self._reset()
+
+    def _reset(self) -> None:
         self._stream = None
         self._embedder = None
         self._times = None
@@ -204,7 +221,6 @@ class CaptionChain:
         self._pending = None
         self._newest = -1
         self.window.reset()
-        return out
 
     def _switch(self, stream: Any, available: float, audio_rate: int | None) -> list[Output]:
         out: list[Output] = []
