@@ -46,15 +46,17 @@ def test_calibration_search_runs_the_trackers_state_machine(seed):
         assert timeline.simulate_tracker(s.tolist(), on, off, min_n, hold_n) == ref
 
 
-# Bounds on the real stream below. The shipped bundle's figures on this stream
-# are in docs/timeline.md; the daemon before per-second captions gave segment
-# F1 0.60-0.62 with a median end delay of 6.7 s, which these bounds refuse.
+# Bounds on the report stream of docs/timeline.md (seed 0, 90 minutes). The
+# daemon before per-second captions gave there segment F1 0.622, start delay
+# p50 1.92 s and end delays p50/p90 6.72/11.4 s, which these bounds refuse;
+# the margins allow a few embeddings to flip on another CPU's arithmetic.
 MIN_SEGMENT_F1 = 0.72
-MAX_START_DELAY_P50 = 1.0
+MAX_START_DELAY_P50 = 1.5
 MAX_END_DELAY_P50 = 1.0
-MAX_END_DELAY_P90 = 3.5
-MAX_FALSE_ALARM_SHARE = 0.3
-STREAM_SCENES = 160
+MAX_END_DELAY_P90 = 3.0
+MAX_FALSE_ALARM_SHARE = 0.42
+MAX_EXTRA_MISSES = 3
+"""Misses beyond those of the clip-aligned baseline on the same stream."""
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_audiocapd_replay_of_an_unseen_stream_follows_the_sound(report_clips, tm
     """`audiocapd --source replay:DIR --sink vtt:out.vtt` with the default config, on clips of the
     report half of the validation split (neither the model nor the tracker was tuned on them)."""
     clf, clips, y = report_clips
-    stream = timeline.make_stream(clips, y, seed=7, max_scenes=STREAM_SCENES)
+    stream = timeline.make_stream(clips, y, seed=0)
     replay = tmp_path / "replay"
     timeline.write_stream_tfrecords(stream, clips, replay)
     vtt = tmp_path / "out.vtt"
@@ -95,6 +97,8 @@ def test_audiocapd_replay_of_an_unseen_stream_follows_the_sound(report_clips, tm
     assert m["end_delay_p50"] <= MAX_END_DELAY_P50, summary
     assert m["end_delay_p90"] <= MAX_END_DELAY_P90, summary
     assert m["false_alarm_share"] <= MAX_FALSE_ALARM_SHARE, summary
+    baseline = timeline.score_timeline(stream.labels, timeline.clip_aligned(clf, clips, stream)[0], clf.classes)
+    assert m["missed"] <= baseline["missed"] + MAX_EXTRA_MISSES, (summary, baseline["missed"])
 
 
 @pytest.mark.slow
@@ -111,4 +115,7 @@ def test_keras_and_litert_give_identical_captions(report_clips):
     caps_l, scores_l = timeline.run_chain(litert_clf, make_tracker(litert_clf), stream)
     assert make_tracker(keras_clf).scoring == "seconds"
     assert np.nanmax(np.abs(scores_k - scores_l)) < 1e-4
-    assert len(caps_l) > 5 and caps_k == caps_l
+    def edges(caps):
+        return [(c.cls, c.start, c.end, c.shown, c.gone) for c in caps]
+
+    assert len(caps_l) > 5 and edges(caps_k) == edges(caps_l)
