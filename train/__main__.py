@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="train a classifier and write a run directory")
     f.add_argument("--data", required=True, nargs="+", help="tfrecord directory, glob or files")
     f.add_argument("--out", required=True, help="run directory to write")
-    f.add_argument("--model", choices=models.MODEL_NAMES, default=d.model)
+    f.add_argument("--model", choices=models.MODEL_NAMES, default=d.model,
+                   help="; ".join(f"{k}: {r.summary}" for k, r in models.RECIPES.items()))
     _add_data_options(f)
     f.add_argument("--positives-only", action="store_true", help="drop clips with none of the four (the paper)")
     f.add_argument("--split", choices=fit_mod.SPLITS, default=d.split,
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--hidden", type=int, default=d.hidden)
     f.add_argument("--dropout", type=float, default=d.dropout)
     f.add_argument("--aux-weight", type=float, default=d.aux_weight,
-                   help="attention_mil: weight of the 527-label auxiliary loss (0: none)")
+                   help="models with the 527-label auxiliary head: its loss weight (0: none)")
     f.add_argument("--ensemble", type=int, default=d.ensemble, help="average N seeded models")
     f.add_argument("--members", default=d.members,
                    help="mixed ensemble, e.g. attention_mil*2,mean_mlp*2 (overrides --model/--ensemble)")
@@ -67,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--stream", action="store_true",
                    help="stream the training side from disk each epoch (for the unbalanced split); "
                         "only the validation side is held in memory")
+    f.add_argument("--lookahead", type=int, default=d.lookahead,
+                   help="scene-trained models: the look-ahead L whose per-second validation F1 picks the epoch")
+    f.add_argument("--scene-windows", type=int, default=d.scene_windows,
+                   help="scene-trained models: windows cut from fresh training streams per epoch")
+    f.add_argument("--young-share", type=float, default=d.young_share,
+                   help="scene-trained models: share of windows where the stream starts inside the window")
+    f.add_argument("--edge-weight", type=float, default=d.edge_weight,
+                   help="scene-trained models: per-second loss weight of the last two positions")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="metrics of a bundle on tfrecords (one JSON object on stdout)")
@@ -85,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--name", default="audiocap-classifier")
     x.add_argument("--version", default="1")
     x.add_argument("--no-seconds", dest="seconds", action="store_false", help="leave out the per-second model")
+    x.add_argument("--window-from", metavar="BUNDLE",
+                   help="take the window model (model.keras/.tflite, thresholds, metrics) from this bundle "
+                        "and only the per-second model from the run")
 
     g = sub.add_parser("experiments", help="rerun the paper's grid, leak-free and leaky")
     g.add_argument("--data", required=True, nargs="+")
@@ -118,6 +130,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         dropout=args.dropout, aux_weight=args.aux_weight, ensemble=args.ensemble, members=args.members, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, strategy=args.strategy,
         select_best=args.select_best, stream=args.stream, verbose=0 if args.quiet else 1,
+        lookahead=args.lookahead, scene_windows=args.scene_windows, young_share=args.young_share,
+        edge_weight=args.edge_weight,
         extra={"command": " ".join(["audiocap-train", *sys.argv[1:]])},
     )
     run = fit(cfg)
@@ -137,7 +151,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from train.export import export_run
 
-    print(export_run(args.run, args.out, name=args.name, version=args.version, seconds=args.seconds))
+    print(export_run(args.run, args.out, name=args.name, version=args.version, seconds=args.seconds,
+                     window_from=args.window_from))
     return 0
 
 

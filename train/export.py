@@ -1,9 +1,11 @@
 """Writing the model bundle the daemon loads (``metadata.json``, ``model.keras``, ``model.tflite``).
 
-A bundle may also hold ``seconds.tflite``: the same network's per-second
-scores ``[B, 10, 4]`` (``metadata["seconds"]`` says so).
-The TFLite files are checked against Keras on the way out: they must agree to
-``PARITY_TOLERANCE``.
+A bundle may also hold the per-second scores ``[B, 10, 4]``:
+``seconds.tflite`` (both runtimes can run it) and ``seconds.keras`` (for the
+TensorFlow runtime); ``metadata["seconds"]`` says so, what the model was
+trained on, and its per-second validation figures. The TFLite files, and the
+Keras files as reloaded from the bundle, are checked against the model being
+exported on the way out: they must agree to ``PARITY_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pipeline.classifier import (
     SECONDS_TFLITE_NAME,
     TFLITE_NAME,
 )
+
+SECONDS_KERAS_NAME = "seconds.keras"
 from pipeline.labels import ClassMap
 
 _LOGGER = logging.getLogger(__name__)
@@ -60,15 +64,24 @@ def to_tflite(model: Any, path: str | os.PathLike) -> Path:
     return out
 
 
-def check_parity(keras_model: Any, tflite_path: Path, x: np.ndarray) -> float:
-    """Max |TFLite - Keras| over ``x``; raises ExportError above the tolerance."""
-    from pipeline.tflite import TFLiteModel
+def check_parity(keras_model: Any, path: Path, x: np.ndarray) -> float:
+    """Max |file - model| over ``x`` for a written ``.tflite`` or ``.keras`` file.
 
+    Raises:
+      ExportError: above the tolerance (or NaN).
+    """
     ref = np.asarray(keras_model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
-    got = TFLiteModel(tflite_path)(x)
+    if path.suffix == ".keras":
+        import keras
+
+        got = np.asarray(keras.saving.load_model(path, compile=False).predict(x, batch_size=256, verbose=0), np.float32)
+    else:
+        from pipeline.tflite import TFLiteModel
+
+        got = TFLiteModel(path)(x)
     diff = float(np.max(np.abs(ref - got))) if len(x) else 0.0
     if not diff <= PARITY_TOLERANCE:  # also catches NaN
-        raise ExportError(f"{tflite_path}: TFLite and Keras differ by {diff:.2e} > {PARITY_TOLERANCE}")
+        raise ExportError(f"{path}: the written model and Keras differ by {diff:.2e} > {PARITY_TOLERANCE}")
     return diff
 
 
@@ -84,6 +97,7 @@ def write_bundle(
     seconds_model: Any = None,
     parity_inputs: np.ndarray | None = None,
     extra: dict[str, Any] | None = None,
+    seconds_info: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a complete bundle atomically (a temporary sibling, then a rename).
 
@@ -96,7 +110,10 @@ def write_bundle(
         they were measured.
       training: data summary, model, hyper-parameters, command.
       name, version: the bundle's identity (the daemon reports ``name@version``).
-      seconds_model: optional Keras model uint8 ``[B,10,128]`` -> ``[B,10,4]``.
+      seconds_model: optional Keras model uint8 ``[B,10,128]`` -> ``[B,10,4]``
+        (written as ``seconds.tflite`` and ``seconds.keras``).
+      seconds_info: more keys for ``metadata["seconds"]`` (what it was
+        trained on, the look-aheads and figures it was validated with).
       parity_inputs: uint8 ``[N,10,128]`` clips for the TFLite parity check
         (default: seeded random windows).
       extra: more metadata keys.
@@ -122,13 +139,19 @@ def write_bundle(
         diff = check_parity(model, tmp / TFLITE_NAME, parity_inputs)
         meta_seconds = None
         if seconds_model is not None:
-            # Only the TFLite file: both runtimes score seconds with it, and
-            # a second Keras copy of the same weights would double the bundle.
+            # Both formats: LiteRT runs the .tflite, and the daemon's
+            # TensorFlow runtime can run the Keras model itself.
             to_tflite(seconds_model, tmp / SECONDS_TFLITE_NAME)
-            check_parity(seconds_model, tmp / SECONDS_TFLITE_NAME, parity_inputs)
+            seconds_model.save(tmp / SECONDS_KERAS_NAME)
             meta_seconds = {
                 "tflite": SECONDS_TFLITE_NAME,
+                "keras": SECONDS_KERAS_NAME,
                 "output": f"float32 [B, {params.WINDOW_EMBEDDINGS}, {len(class_map.names)}]: each second's score",
+                "parity_max_abs_diff": {
+                    "tflite": check_parity(seconds_model, tmp / SECONDS_TFLITE_NAME, parity_inputs),
+                    "keras": check_parity(seconds_model, tmp / SECONDS_KERAS_NAME, parity_inputs),
+                },
+                **(seconds_info or {}),
             }
         meta = {
             "format": BUNDLE_FORMAT,
@@ -148,7 +171,9 @@ def write_bundle(
             "training": training,
             "tflite_parity_max_abs_diff": diff,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "files": {"keras": KERAS_NAME, "tflite": TFLITE_NAME},
+            "files": {"keras": KERAS_NAME, "tflite": TFLITE_NAME,
+                      **({"seconds_keras": SECONDS_KERAS_NAME, "seconds_tflite": SECONDS_TFLITE_NAME}
+                         if meta_seconds else {})},
         }
         if meta_seconds:
             meta["seconds"] = meta_seconds
@@ -176,14 +201,22 @@ def export_run(
     name: str = "audiocap-classifier",
     version: str = "1",
     seconds: bool = True,
+    window_from: str | os.PathLike | None = None,
 ) -> Path:
     """Writes the bundle for a run directory made by ``audiocap-train fit``.
 
-    Thresholds and metrics come from the run's validation split; the TFLite
-    parity check uses real validation windows when the run kept them.
+    Thresholds and metrics come from the run's validation split; the parity
+    checks use seeded random windows.
+
+    Args:
+      window_from: take the window model (``model.keras``), its thresholds,
+        metrics and class map from this existing bundle, and only the
+        per-second model from the run (for a stream model whose window output
+        does not match the shipped clip tagger).
 
     Raises:
-      FileNotFoundError: the run directory lacks model.keras/metrics.json.
+      FileNotFoundError: the run directory lacks model.keras/metrics.json, or
+        ``window_from`` is not a bundle.
     """
     import keras
 
@@ -193,7 +226,6 @@ def export_run(
             raise FileNotFoundError(f"{run} is not a fit run directory: {needed} is missing")
     info = json.loads((run / "metrics.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
-    model = keras.saving.load_model(run / "model.keras", compile=False)
     sec = None
     if seconds and (run / "seconds.keras").is_file():
         sec = keras.saving.load_model(run / "seconds.keras", compile=False)
@@ -211,7 +243,30 @@ def export_run(
         "run": str(run),
         "tensorflow": info.get("tensorflow"),
     }
+    thresholds, metrics = info["thresholds"], info["metrics"]
+    if window_from is None:
+        model = keras.saving.load_model(run / "model.keras", compile=False)
+    else:
+        from pipeline.classifier import read_metadata
+
+        src = Path(window_from)
+        src_meta = read_metadata(src)
+        src_class_map = ClassMap.from_metadata(src_meta["classes"], mapping=src_meta.get("label_mapping", "ontology"))
+        if src_class_map.names != class_map.names:
+            raise ValueError(f"{src} scores {src_class_map.names}; the run scores {class_map.names}")
+        model = keras.saving.load_model(src / KERAS_NAME, compile=False)
+        thresholds, metrics = src_meta["_thresholds"], src_meta["metrics"]
+        training = {
+            **{k: v for k, v in src_meta["training"].items()},
+            "window_model_from": f"{src_meta['name']}@{src_meta['version']} ({src})",
+            "seconds_model": training,
+        }
+    per_second = info.get("per_second") or {}
+    seconds_info = {k: per_second[k] for k in ("trained_on", "lookaheads", "selected_for_lookahead", "validation",
+                                               "validation_stream") if k in per_second}
+    if sec is not None:
+        seconds_info["model"] = cfg.get("model")
     return write_bundle(
-        out_dir, model, class_map, info["thresholds"], info["metrics"], training,
-        name=name, version=version, seconds_model=sec, parity_inputs=parity,
+        out_dir, model, class_map, thresholds, metrics, training,
+        name=name, version=version, seconds_model=sec, parity_inputs=parity, seconds_info=seconds_info,
     )

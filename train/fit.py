@@ -43,7 +43,7 @@ class FitConfig:
     out: str
     """The run directory to write."""
     model: str = "attention_mil"
-    """One of ``models.MODEL_NAMES``."""
+    """One of ``models.MODEL_NAMES`` (its recipe in ``models.RECIPES`` says how it trains)."""
     labels_csv: str | None = None
     """``class_labels_indices.csv``; found near the data when omitted."""
     ontology: str | None = None
@@ -69,7 +69,7 @@ class FitConfig:
     hidden: int = 512
     dropout: float = 0.3
     aux_weight: float = 1.0
-    """attention_mil: weight of the 527-label auxiliary loss (0 drops the head)."""
+    """Models with the 527-label auxiliary head: its loss weight (0 drops the head)."""
     ensemble: int = 1
     """Average this many independently seeded models of ``model``."""
     members: str = ""
@@ -88,6 +88,18 @@ class FitConfig:
     validation side is held in memory."""
     stream_sample: int = 20000
     """Training clips read up front for the input statistics (stream mode)."""
+    lookahead: int = 1
+    """Scene-trained models: the look-ahead L (embeddings) whose per-second
+    validation F1 selects the epoch (the daemon's default is 1)."""
+    scene_windows: int = 40000
+    """Scene-trained models: windows cut from fresh training streams per epoch
+    (on top of one pass over the aligned training clips)."""
+    young_share: float = 0.1
+    """Scene-trained models: share of those windows that are young (the
+    stream started inside them; left-padded with the first embedding)."""
+    edge_weight: float = 2.0
+    """Scene-trained models: weight of the per-second loss at the last two
+    positions (look-ahead 1 and 0) relative to the others."""
     verbose: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -107,8 +119,11 @@ class FitConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the bad option."""
+        known = self.model in models.MODEL_NAMES
+        rec = models.recipe(self.model) if known else None
+        scenes = any(m in models.MODEL_NAMES and models.recipe(m).scenes for m in self.member_models())
         checks = [
-            (self.model in models.MODEL_NAMES, f"model must be one of {models.MODEL_NAMES}"),
+            (known, f"model must be one of {models.MODEL_NAMES}"),
             (self.loss in models.LOSSES, f"loss must be one of {models.LOSSES}"),
             (self.split in SPLITS, f"split must be one of {SPLITS}"),
             (self.oversample in OVERSAMPLING, f"oversample must be one of {OVERSAMPLING}"),
@@ -121,7 +136,14 @@ class FitConfig:
              f"members must be model names from {models.MODEL_NAMES}, e.g. attention_mil*2,mean_mlp*2"),
             (self.loss == "binary" or self.positives_only,
              "categorical/sparse losses need --positives-only (softmax cannot say 'none of the four')"),
-            (self.loss == "binary" or self.model.startswith("paper"), "only the paper models take categorical/sparse losses"),
+            (rec is None or self.loss in rec.losses, f"model {self.model} takes only the losses {rec and rec.losses}"),
+            (not scenes or (self.split == "grouped" and self.oversample == "none" and not self.positives_only
+                            and not self.stream and self.strategy == "none"),
+             "scene-trained models (e.g. stream_gru) build their streams from the grouped split's training side: "
+             "no random split, oversampling, positives-only, --stream or distribution strategy"),
+            (0 <= self.lookahead < params.WINDOW_EMBEDDINGS, f"lookahead must be in 0..{params.WINDOW_EMBEDDINGS - 1}"),
+            (self.scene_windows >= 1 and 0 <= self.young_share <= 1 and self.edge_weight > 0,
+             "scene_windows >= 1, young_share in [0, 1], edge_weight > 0"),
             (not self.stream or (self.split == "grouped" and self.oversample == "none" and not self.class_weights
                                  and not self.positives_only and self.strategy == "none" and self.loss == "binary"),
              "--stream trains on the grouped split's training side as it comes: no oversampling, class weights, "
@@ -148,6 +170,9 @@ class Prepared:
     train_stream: Any = None
     """Stream mode: ``f(aux_labels: bool) -> tf.data.Dataset`` of the training side
     (``x_train``/``y_train`` then hold only a sample, for input statistics)."""
+    frames_train: npt.NDArray[np.int32] | None = None
+    """Frames each training row really has (scene-trained models play only those)."""
+    frames_val: npt.NDArray[np.int32] | None = None
 
 
 def resolve_class_map(cfg: FitConfig) -> ClassMap:
@@ -171,20 +196,20 @@ def prepare(cfg: FitConfig, clips: data_mod.Clips, class_map: ClassMap, stats: d
     keep = np.arange(len(clips))
     if cfg.positives_only:
         keep = np.flatnonzero(y.sum(axis=1) > 0)
-    x, y, aux, vids = clips.x[keep], y[keep], clips.labels[keep], clips.video_id[keep]
+    x, y, aux, vids, frames = clips.x[keep], y[keep], clips.labels[keep], clips.video_id[keep], clips.frames[keep]
     rng_seed = cfg.seed
     if cfg.split == "random":
         if cfg.oversample == "permute":
             x, y, src = data_mod.permutation_oversample(x, y, seed=rng_seed)
-            aux, vids = aux[src], vids[src]
+            aux, vids, frames = aux[src], vids[src], frames[src]
         tr, va = data_mod.random_split(len(x), cfg.val_fraction, seed=rng_seed)
-        x_tr, y_tr, aux_tr = x[tr], y[tr], aux[tr]
+        x_tr, y_tr, aux_tr, f_tr = x[tr], y[tr], aux[tr], frames[tr]
     else:
         tr, va = data_mod.grouped_split(vids, cfg.val_fraction)
-        x_tr, y_tr, aux_tr = x[tr], y[tr], aux[tr]
+        x_tr, y_tr, aux_tr, f_tr = x[tr], y[tr], aux[tr], frames[tr]
         if cfg.oversample == "permute":
             x_tr, y_tr, src = data_mod.permutation_oversample(x_tr, y_tr, seed=rng_seed)
-            aux_tr = aux_tr[src]
+            aux_tr, f_tr = aux_tr[src], f_tr[src]
     train_videos = set(vids[tr])
     val_seen = np.array([v in train_videos for v in vids[va]], dtype=bool)
     leaked = len(train_videos & set(vids[va]))
@@ -204,7 +229,8 @@ def prepare(cfg: FitConfig, clips: data_mod.Clips, class_map: ClassMap, stats: d
         cfg.split, len(x_tr), len(va), leaked,
     )
     summary["val_rows_seen_in_training"] = int(val_seen.sum())
-    return Prepared(x_tr, y_tr, aux_tr, x[va], y[va], summary, val_seen)
+    return Prepared(x_tr, y_tr, aux_tr, x[va], y[va], summary, val_seen,
+                    frames_train=f_tr.astype(np.int32), frames_val=frames[va].astype(np.int32))
 
 
 def prepare_stream(cfg: FitConfig, class_map: ClassMap) -> Prepared:
@@ -267,42 +293,73 @@ def is_chief() -> bool:
     return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
+def _hyper(cfg: FitConfig, x_train: npt.NDArray[np.uint8]) -> models.Hyper:
+    rec = models.recipe(cfg.model)
+    mean, var = models.input_statistics(x_train) if rec.input_stats else (None, None)
+    return models.Hyper(loss=cfg.loss, normalise=cfg.normalise, last_pool=cfg.last_pool, hidden=cfg.hidden,
+                        dropout=cfg.dropout, mean=mean, var=var)
+
+
+def seconds_loss(edge_weight: float) -> Any:
+    """Per-second binary cross-entropy, the last two positions weighted ``edge_weight``.
+
+    Position 9 - L is what the daemon reads at look-ahead L; L = 0 and 1 weigh
+    more so that the model does not trade them for the easier middle seconds.
+    The weights are normalised to mean 1 (the loss stays on the BCE scale).
+    """
+    import keras
+    from keras import ops
+
+    w = np.ones(params.WINDOW_EMBEDDINGS, np.float32)
+    w[-2:] = edge_weight
+    w /= w.mean()
+
+    def per_second_bce(y_true: Any, y_pred: Any) -> Any:
+        return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred) * ops.convert_to_tensor(w), axis=-1)
+
+    return per_second_bce
+
+
+def _losses(cfg: FitConfig) -> tuple[dict[str, Any], dict[str, float]]:
+    """``({output: loss}, {output: weight})`` of a dict-output model's recipe."""
+    trained = models.recipe(cfg.model).trained_outputs(cfg.aux_weight)
+    losses = {k: seconds_loss(cfg.edge_weight) if k == "seconds" else "binary_crossentropy" for k in trained}
+    return losses, trained
+
+
 def build_model(cfg: FitConfig, x_train: npt.NDArray[np.uint8], class_map: ClassMap, seed: int) -> Any:
-    """The Keras training model for ``cfg`` (compiled)."""
+    """The Keras training model for ``cfg`` (compiled), as its recipe says."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    n = len(class_map.names)
-    if cfg.model == "attention_mil":
-        mean, var = models.input_statistics(x_train)
-        aux = class_map.num_labels if cfg.aux_weight > 0 else 0
-        model = models.attention_mil(n, aux, hidden=cfg.hidden, dropout=cfg.dropout, mean=mean, var=var)
-        losses = {"classes": "binary_crossentropy"}
-        weights = {"classes": 1.0}
-        if aux:
-            losses["audioset"] = "binary_crossentropy"
-            weights["audioset"] = cfg.aux_weight
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=losses, loss_weights=weights)
+    rec = models.recipe(cfg.model)
+    num_aux = class_map.num_labels if rec.aux and cfg.aux_weight > 0 else 0
+    model = rec.build(len(class_map.names), num_aux, _hyper(cfg, x_train))
+    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    if rec.dict_outputs:
+        losses, weights = _losses(cfg)
+        model.compile(optimizer=optimizer, loss=losses, loss_weights=weights)
         return model
-    if cfg.model == "mean_mlp":
-        mean, var = models.input_statistics(x_train)
-        model = models.mean_mlp(n, hidden=cfg.hidden, dropout=cfg.dropout, mean=mean, var=var)
-    elif cfg.model == "paper_cnn":
-        model = models.paper_cnn(n, cfg.loss, cfg.normalise, cfg.last_pool)
-    else:
-        model = models.paper_dense(n, cfg.loss, cfg.normalise)
     loss = {"binary": "binary_crossentropy", "categorical": "categorical_crossentropy",
             "sparse": "sparse_categorical_crossentropy"}[cfg.loss]
     metrics = ["binary_accuracy"] if cfg.loss == "binary" else ["accuracy"]
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
 
 
 def training_targets(cfg: FitConfig, y: npt.NDArray[np.float32], aux: npt.NDArray[np.uint8]) -> Any:
-    """Targets in the form the model's loss wants."""
-    if cfg.model == "attention_mil":
-        out = {"classes": y}
-        if cfg.aux_weight > 0:
+    """Targets of aligned clips in the form the model's loss wants.
+
+    Every embedding of a clip carries the clip's labels, so a per-second
+    output's target is the clip target at every position.
+    """
+    rec = models.recipe(cfg.model)
+    if rec.dict_outputs:
+        trained = rec.trained_outputs(cfg.aux_weight)
+        out: dict[str, Any] = {"classes": y}
+        if "seconds" in trained:
+            out["seconds"] = np.repeat(y[:, None, :], params.WINDOW_EMBEDDINGS, axis=1)
+        if "audioset" in trained:
             out["audioset"] = aux.astype(np.float32)
         return out
     if cfg.loss == "categorical":
@@ -367,11 +424,14 @@ def train_one(cfg: FitConfig, prep: Prepared, class_map: ClassMap, seed: int, st
     distributed = cfg.strategy != "none"
     callbacks = []
     best = None
+    rec = models.recipe(cfg.model)
+    if rec.scenes:
+        return _scene_fit(cfg, model, prep, seed)
     if prep.train_stream is not None:
-        aux = cfg.model == "attention_mil" and cfg.aux_weight > 0
+        aux = "audioset" in rec.trained_outputs(cfg.aux_weight)
         best = _BestByMAP(prep.x_val, prep.y_val, cfg.select_best)
         ds = prep.train_stream(aux)
-        if cfg.model == "attention_mil" and not aux:
+        if rec.dict_outputs and not aux:
             ds = ds.map(lambda x, y: (x, {"classes": y}))
         hist = model.fit(ds, epochs=cfg.epochs, verbose=cfg.verbose, callbacks=[best], shuffle=False)
     elif not distributed:
@@ -391,10 +451,95 @@ def train_one(cfg: FitConfig, prep: Prepared, class_map: ClassMap, seed: int, st
         ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest))
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        history = _distributed_fit(cfg, model, ds.with_options(opts), strategy, sample_weight is not None)
-        return model, history, cfg.epochs
+        history, best_epoch = _distributed_fit(cfg, model, ds.with_options(opts), strategy, sample_weight is not None,
+                                               prep.x_val, prep.y_val)
+        return model, history, best_epoch
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return model, history, (best.best_epoch if best else cfg.epochs)
+
+
+def validation_stream(prep: Prepared) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """The per-second validation set: the daemon's rolling windows over one stream.
+
+    The stream is ``scenes.build_stream(val_x, val_frames, val_y,
+    default_rng(0))`` over the validation side (each clip once), scored as the
+    daemon does: the window ending at every embedding, left-padded at the start.
+
+    Returns:
+      ``(windows uint8 [T, 10, 128], labels uint8 [T, C])``.
+    """
+    from train import scenes
+
+    if prep.frames_val is None:
+        raise ValueError("per-second validation needs the validation clips' frame counts")
+    stream = scenes.build_stream(prep.x_val, prep.frames_val, prep.y_val, np.random.default_rng(0))
+    t = len(stream)
+    idx = rolling_windows(stream.embeddings, np.zeros(t, np.int64), np.arange(t))
+    return stream.embeddings[idx], stream.labels
+
+
+def seconds_validation(seconds: npt.NDArray[np.float32], labels: npt.NDArray, lookaheads: Sequence[int] = (0, 1)) -> dict[str, Any]:
+    """:func:`per_second_metrics` at each look-ahead, keyed ``"L0"``, ``"L1"``, ..."""
+    return {f"L{la}": per_second_metrics(seconds, labels, la) for la in lookaheads}
+
+
+def _predict_outputs(model: Any, x: npt.NDArray[np.uint8], batch: int = 1024) -> dict[str, npt.NDArray[np.float32]]:
+    out = model.predict(x, batch_size=batch, verbose=0)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def _scene_fit(cfg: FitConfig, model: Any, prep: Prepared, seed: int) -> tuple[Any, dict[str, list[float]], int]:
+    """Trains a scene model: every epoch fresh training streams, one pass over the aligned clips.
+
+    Each epoch draws ``cfg.scene_windows`` windows from a new seeded stream
+    of training-side scenes (:func:`scene_windows`) and adds every aligned
+    training clip (per-second target = the clip's labels), so the window
+    output stays a clip tagger. After each epoch the per-second scores are
+    measured on the validation stream (:func:`validation_stream`) at L = 0, 1
+    and ``cfg.lookahead``, and the window output on the aligned validation
+    clips; the epoch with the best per-second micro F1 at ``cfg.lookahead``
+    is kept (``select_best``).
+    """
+    if prep.frames_train is None:
+        raise ValueError(f"{cfg.model} trains on scenes and needs the clips in memory (not --stream)")
+    rng = np.random.default_rng(seed)
+    trained = models.recipe(cfg.model).trained_outputs(cfg.aux_weight)
+    aux = prep.aux_train if "audioset" in trained else prep.aux_train[:, :0]
+    clip_targets = training_targets(cfg, prep.y_train, prep.aux_train)
+    val_x, val_labels = validation_stream(prep)
+    lookaheads = sorted({0, 1, cfg.lookahead})
+    history: dict[str, list[float]] = {}
+    best, best_epoch, best_weights = -1.0, -1, None
+    for epoch in range(cfg.epochs):
+        t0 = time.monotonic()
+        wx, wt = scene_windows(prep.x_train, prep.frames_train, prep.y_train, aux, rng, cfg.scene_windows, cfg.young_share)
+        x = np.concatenate([wx, prep.x_train])
+        y = {k: np.concatenate([wt[k], clip_targets[k]]) for k in trained}
+        hist = model.fit(x, y, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=cfg.verbose)
+        sec = _predict_outputs(model, val_x)["seconds"]
+        per_second = seconds_validation(sec, val_labels, lookaheads)
+        clip = _window_scores(model, prep.x_val)
+        row = {k: float(v[-1]) for k, v in hist.history.items()}
+        for key, r in per_second.items():
+            row[f"val_seconds_f1_{key}"] = r["micro_f1"]
+            row[f"val_seconds_map_{key}"] = r["mAP"]
+        row["val_map"] = float(np.nanmean(ev.average_precisions(prep.y_val, clip)))
+        row["val_top1"] = ev.top1_accuracy(prep.y_val, clip)[0]
+        for k, v in row.items():
+            history.setdefault(k, []).append(v)
+        score = row[f"val_seconds_f1_L{cfg.lookahead}"]
+        _LOGGER.info(
+            "epoch %d: per-second F1 %.4f mAP %.4f (L=%d), F1 %.4f (L=0); clip mAP %.4f top-1 %.4f (%.0f s)",
+            epoch + 1, score, row[f"val_seconds_map_L{cfg.lookahead}"], cfg.lookahead, row["val_seconds_f1_L0"],
+            row["val_map"], row["val_top1"], time.monotonic() - t0,
+        )
+        if score > best:
+            best, best_epoch = score, epoch + 1
+            if cfg.select_best:
+                best_weights = model.get_weights()
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return model, history, best_epoch if cfg.select_best else cfg.epochs
 
 
 def _per_example_loss(cfg: FitConfig, y: Any, pred: Any) -> Any:
@@ -402,9 +547,11 @@ def _per_example_loss(cfg: FitConfig, y: Any, pred: Any) -> Any:
     import keras
 
     if isinstance(pred, dict):
-        total = keras.losses.binary_crossentropy(y["classes"], pred["classes"])
-        if "audioset" in y:
-            total = total + cfg.aux_weight * keras.losses.binary_crossentropy(y["audioset"], pred["audioset"])
+        losses, weights = _losses(cfg)
+        total = 0.0
+        for k, fn in losses.items():
+            fn = keras.losses.binary_crossentropy if isinstance(fn, str) else fn
+            total = total + weights[k] * fn(y[k], pred[k])
         return total
     if cfg.loss == "categorical":
         return keras.losses.categorical_crossentropy(y, pred)
@@ -413,7 +560,10 @@ def _per_example_loss(cfg: FitConfig, y: Any, pred: Any) -> Any:
     return keras.losses.binary_crossentropy(y, pred)
 
 
-def _distributed_fit(cfg: FitConfig, model: Any, ds: Any, strategy: Any, weighted: bool) -> dict[str, list[float]]:
+def _distributed_fit(
+    cfg: FitConfig, model: Any, ds: Any, strategy: Any, weighted: bool,
+    x_val: npt.NDArray[np.uint8], y_val: npt.NDArray[np.float32],
+) -> tuple[dict[str, list[float]], int]:
     """A plain ``tf.distribute`` training loop (``strategy.run`` + all-reduce).
 
     Keras 3's ``fit`` under MultiWorkerMirroredStrategy fails in its own
@@ -421,6 +571,14 @@ def _distributed_fit(cfg: FitConfig, model: Any, ds: Any, strategy: Any, weighte
     they do not have), so the distributed path trains with an explicit loop:
     each replica computes the loss of its share of the global batch, scaled by
     the global batch size, and the optimizer all-reduces the gradients.
+
+    After each epoch every worker scores the validation clips with its copy
+    of the (synchronised, hence identical) weights, so all workers agree on
+    the best epoch; with ``select_best`` its weights are restored at the end,
+    as single-worker ``fit`` does.
+
+    Returns:
+      ``(history, best epoch)``: loss, ``val_map`` and ``val_top1`` per epoch.
     """
     import keras
     import tensorflow as tf
@@ -445,7 +603,8 @@ def _distributed_fit(cfg: FitConfig, model: Any, ds: Any, strategy: Any, weighte
     def step(batch):
         return strategy.reduce("SUM", strategy.run(replica_step, args=batch), axis=None)
 
-    history: dict[str, list[float]] = {"loss": []}
+    history: dict[str, list[float]] = {"loss": [], "val_map": [], "val_top1": []}
+    best, best_epoch, best_weights = -1.0, -1, None
     for epoch in range(cfg.epochs):
         total, n = 0.0, 0
         bar = keras.utils.Progbar(None, verbose=cfg.verbose) if cfg.verbose and is_chief() else None
@@ -457,7 +616,25 @@ def _distributed_fit(cfg: FitConfig, model: Any, ds: Any, strategy: Any, weighte
         history["loss"].append(total / max(n, 1))
         _LOGGER.info("epoch %d: loss %.4f (%d steps, %d replicas)", epoch + 1, total / max(n, 1), n,
                      strategy.num_replicas_in_sync)
-    return history
+        # Called directly (not model.predict): outside strategy.run the
+        # replicas' variables are read locally, with no collective.
+        s = np.concatenate([_direct_scores(model, x_val[i:i + 1024]) for i in range(0, len(x_val), 1024)])
+        m = float(np.nanmean(ev.average_precisions(y_val, s)))
+        history["val_map"].append(m)
+        history["val_top1"].append(ev.top1_accuracy(y_val, s)[0])
+        _LOGGER.info("epoch %d: validation mAP %.4f top-1 %.4f", epoch + 1, m, history["val_top1"][-1])
+        if m > best:
+            best, best_epoch = m, epoch + 1
+            if cfg.select_best:
+                best_weights = [np.array(w) for w in model.get_weights()]
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return history, best_epoch
+
+
+def _direct_scores(model: Any, x: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    out = model(x, training=False)
+    return np.asarray(out["classes"] if isinstance(out, dict) else out, np.float32)
 
 
 def _ensemble(members: Sequence[Any], output: str) -> Any:
@@ -509,9 +686,32 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
                             "val_mAP": float(np.nanmean(ev.average_precisions(prep.y_val, m_scores)))})
         _LOGGER.info("member %d (%s): validation mAP %.4f", k + 1, name, member_info[-1]["val_mAP"])
     window = _ensemble(members, "classes")
-    with_seconds = [m for m, name in zip(members, cfg.member_models()) if name == "attention_mil"]
+    seconds_names = [name for name in cfg.member_models() if models.recipe(name).seconds]
+    with_seconds = [m for m, name in zip(members, cfg.member_models()) if models.recipe(name).seconds]
     seconds = _ensemble(with_seconds, "seconds") if with_seconds else None
     t_train = time.monotonic() - t0 - t_data
+    seconds_info = None
+    val_stream = None
+    if seconds is not None and prep.frames_val is not None:
+        try:
+            val_stream = validation_stream(prep)
+        except ValueError as exc:  # e.g. every validation clip has several classes
+            _LOGGER.warning("no per-second validation: %s", exc)
+    if val_stream is not None:
+        val_x, val_labels = val_stream
+        sec_scores = np.asarray(seconds.predict(val_x, batch_size=1024, verbose=0), np.float32)
+        seconds_info = {
+            "trained_on": "scenes" if all(models.recipe(n).scenes for n in seconds_names) else "clips",
+            "lookaheads": sorted({0, 1, cfg.lookahead}),
+            "selected_for_lookahead": cfg.lookahead if any(models.recipe(n).scenes for n in seconds_names) else None,
+            "validation": seconds_validation(sec_scores, val_labels, sorted({0, 1, cfg.lookahead})),
+            "validation_stream": (f"scenes.build_stream over the {len(prep.x_val)} validation clips, "
+                                  f"default_rng(0): {len(val_labels)} embeddings, scored by the daemon's rolling "
+                                  "windows (left-padded at the start); micro F1 over the classes at per-class "
+                                  "max-F1 thresholds"),
+        }
+        for key, r in seconds_info["validation"].items():
+            _LOGGER.info("per-second scores, look-ahead %s: micro F1 %.4f, mAP %.4f", key, r["micro_f1"], r["mAP"])
     scores = _window_scores(window, prep.x_val)
     thresholds = ev.calibrate_thresholds(prep.y_val, scores, class_map.names)
     metrics = ev.compute_metrics(prep.y_val, scores, thresholds, class_map.names)
@@ -542,6 +742,7 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         "label_mapping": class_map.mapping,
         "best_epochs": best_epochs,
         "members": member_info,
+        "per_second": seconds_info,
         "seconds": {"data": round(t_data, 2), "train": round(t_train, 2)},
         "tensorflow": tf.__version__,
     }
@@ -553,3 +754,109 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         out, metrics["mAP"] or float("nan"), metrics["top1_accuracy"] or float("nan"), metrics["macro_f1"], t_train,
     )
     return out
+
+
+# --- Training on synthetic scenes (models whose recipe has ``scenes=True``) ---
+
+def rolling_windows(embeddings: npt.NDArray[np.uint8], start: npt.ArrayLike, end: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Index arrays of the daemon's rolling windows, left-padded at a stream start.
+
+    The window ending at embedding ``e`` of a stream that started at ``s``
+    holds ``e-9 .. e``; positions before ``s`` repeat embedding ``s`` (the
+    daemon fills a young window with its oldest embedding).
+
+    Args:
+      embeddings: the stream's ``[T, ...]`` (only its length is used).
+      start, end: ``[W]`` stream start and window end of every window.
+
+    Returns:
+      int64 ``[W, 10]`` indices into the stream.
+    """
+    end = np.asarray(end, dtype=np.int64)
+    start = np.asarray(start, dtype=np.int64)
+    if np.any(end >= len(embeddings)) or np.any(start > end) or np.any(start < 0):
+        raise ValueError("need 0 <= start <= end < len(stream) for every window")
+    idx = end[:, None] - (params.WINDOW_EMBEDDINGS - 1) + np.arange(params.WINDOW_EMBEDDINGS)[None]
+    return np.maximum(idx, start[:, None])
+
+
+def scene_windows(
+    x: npt.NDArray[np.uint8],
+    frames: npt.NDArray[np.int32],
+    y: npt.NDArray,
+    aux: npt.NDArray[np.uint8],
+    rng: np.random.Generator,
+    n_windows: int,
+    young_share: float = 0.1,
+) -> tuple[npt.NDArray[np.uint8], dict[str, npt.NDArray[np.float32]]]:
+    """Training windows cut from one fresh stream of scenes (``train.scenes``).
+
+    The stream is built from the given clips with reuse (any length); window
+    ends are drawn uniformly, so windows straddle clip and scene boundaries as
+    the daemon's rolling window does. A ``young_share`` of them are young
+    windows: the stream starts 0-8 embeddings before their end, and the window
+    is left-padded with that first embedding.
+
+    Returns:
+      ``(windows uint8 [W, 10, 128], targets)`` with ``seconds`` ``[W, 10, C]``
+      (each embedding's clip labels), ``classes`` ``[W, C]`` (any second
+      carries the class) and, when ``aux`` has columns, ``audioset``
+      ``[W, num_aux]`` (the union of the window's clips' labels).
+    """
+    from train import scenes
+
+    # A scene is 2 clips on average, about 19 embeddings: enough scenes that
+    # the windows overlap about once per embedding.
+    n_scenes = max(4, n_windows // 18)
+    stream = scenes.build_stream(x, frames, y, rng, max_scenes=n_scenes, reuse=True)
+    t = len(stream)
+    if t < params.WINDOW_EMBEDDINGS:
+        raise ValueError(f"a stream of {t} embeddings is shorter than one window")
+    end = rng.integers(params.WINDOW_EMBEDDINGS - 1, t, n_windows)
+    start = np.zeros(n_windows, np.int64)
+    young = rng.random(n_windows) < young_share
+    start[young] = end[young] - rng.integers(0, params.WINDOW_EMBEDDINGS - 1, int(young.sum()))
+    idx = rolling_windows(stream.embeddings, start, end)
+    sec = stream.labels[idx].astype(np.float32)
+    targets = {"seconds": sec, "classes": sec.max(axis=1)}
+    if aux.shape[1]:
+        targets["audioset"] = aux[stream.clip[idx]].max(axis=1).astype(np.float32)
+    return stream.embeddings[idx], targets
+
+
+def per_second_metrics(
+    seconds: npt.NDArray[np.float32], labels: npt.NDArray, lookahead: int
+) -> dict[str, Any]:
+    """Per-second quality of a stream scored by the daemon's rolling windows.
+
+    Args:
+      seconds: ``[T, 10, C]`` per-second scores of the window ending at each
+        embedding (:func:`rolling_windows` with the stream's start).
+      labels: ``[T, C]`` each embedding's ground truth.
+      lookahead: L; embedding ``i - L`` takes the score at position ``9 - L``
+        of window ``i``.
+
+    Returns:
+      ``micro_f1`` (over the classes, each at its own max-F1 threshold),
+      ``mAP``, ``per_class`` AP and F1, ``thresholds``, ``lookahead``.
+    """
+    pos = params.WINDOW_EMBEDDINGS - 1 - lookahead
+    s = seconds[lookahead:, pos]
+    y = np.asarray(labels)[: len(labels) - lookahead]
+    thr = ev.calibrate_thresholds(y, s, [str(c) for c in range(y.shape[1])])
+    aps = ev.average_precisions(y, s)
+    tp = fp = fn = 0
+    f1s = []
+    for c in range(y.shape[1]):
+        pred, true = s[:, c] >= thr[str(c)], y[:, c] > 0
+        a, b, d = int(np.sum(pred & true)), int(np.sum(pred & ~true)), int(np.sum(~pred & true))
+        tp, fp, fn = tp + a, fp + b, fn + d
+        f1s.append(2 * a / max(2 * a + b + d, 1))
+    return {
+        "lookahead": lookahead,
+        "micro_f1": 2 * tp / max(2 * tp + fp + fn, 1),
+        "mAP": float(np.nanmean(aps)),
+        "per_class_ap": [float(v) for v in aps],
+        "per_class_f1": f1s,
+        "thresholds": [thr[str(c)] for c in range(y.shape[1])],
+    }

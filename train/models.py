@@ -17,7 +17,8 @@ the exported bundle's input is exactly what the daemon has (``input.scaling``
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,6 @@ _LOGGER = logging.getLogger(__name__)
 
 LOSSES = ("binary", "categorical", "sparse")
 """binary: sigmoid + binary cross-entropy; categorical / sparse: softmax + (sparse) categorical CE."""
-MODEL_NAMES = ("paper_cnn", "paper_dense", "attention_mil", "mean_mlp")
 
 PAPER_DENSE_UNITS = (10, 100, 1000)
 """Our reading of the paper's "1280/10-100-1000": 1280 inputs, hidden layers of 10, 100, 1000."""
@@ -115,6 +115,20 @@ def input_statistics(x: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32],
     return f.mean(axis=0), np.maximum(f.var(axis=0), 1e-6)
 
 
+def _mil_head(keras: Any, h: Any, n: int, name: str) -> tuple[Any, Any]:
+    """Per-second sigmoid scores and their attention-weighted mean over time.
+
+    Returns ``(window [B, n], seconds [B, 10, n])``; the window score is a
+    convex combination of the second scores, so it lies within their range.
+    """
+    p = keras.layers.Dense(n, activation="sigmoid", name=f"{name}_seconds")(h)
+    a = keras.layers.Dense(n, name=f"{name}_attention_logits")(h)
+    a = keras.layers.Softmax(axis=1, name=f"{name}_attention")(a)
+    m = keras.layers.Multiply(name=f"{name}_weighted")([p, a])
+    s = keras.layers.GlobalAveragePooling1D(name=f"{name}_mean")(m)
+    return keras.layers.Rescaling(float(params.WINDOW_EMBEDDINGS), name=name)(s), p
+
+
 def attention_mil(
     num_classes: int = len(params.CLASS_NAMES),
     num_aux: int = params.AUDIOSET_NUM_LABELS,
@@ -150,20 +164,60 @@ def attention_mil(
     x = keras.layers.Conv1D(hidden, 1, activation="relu", name="second")(x)
     h = keras.layers.Dropout(dropout)(x)
 
-    def head(n: int, name: str) -> tuple[Any, Any]:
-        p = keras.layers.Dense(n, activation="sigmoid", name=f"{name}_seconds")(h)
-        a = keras.layers.Dense(n, name=f"{name}_attention_logits")(h)
-        a = keras.layers.Softmax(axis=1, name=f"{name}_attention")(a)
-        m = keras.layers.Multiply(name=f"{name}_weighted")([p, a])
-        s = keras.layers.GlobalAveragePooling1D(name=f"{name}_mean")(m)
-        s = keras.layers.Rescaling(float(params.WINDOW_EMBEDDINGS), name=name)(s)
-        return s, p
-
-    classes, seconds = head(num_classes, "classes")
+    classes, seconds = _mil_head(keras, h, num_classes, "classes")
     outputs = {"classes": classes, "seconds": seconds}
     if num_aux:
-        outputs["audioset"] = head(num_aux, "audioset")[0]
+        outputs["audioset"] = _mil_head(keras, h, num_aux, "audioset")[0]
     return keras.Model(inp, outputs, name="attention_mil")
+
+
+def stream_gru(
+    num_classes: int = len(params.CLASS_NAMES),
+    num_aux: int = params.AUDIOSET_NUM_LABELS,
+    hidden: int = 128,
+    dropout: float = 0.3,
+    rnn_units: int | None = None,
+    context: int = 3,
+    mean: npt.NDArray | None = None,
+    var: npt.NDArray | None = None,
+) -> Any:
+    """The stream model: per-second scores that use the window's past and near future.
+
+    Each second: standardise -> Conv1D(hidden, context) ReLU -> dropout ->
+    a bidirectional GRU over the 10 positions (``rnn_units`` per direction,
+    unrolled: the window is always 10 long and the unrolled cell converts to
+    TFLite builtin ops) -> dropout -> a sigmoid score per second. Position
+    ``9 - L`` sees 9 - L seconds of past and L of future, so one model serves
+    every look-ahead L (trained on windows cut anywhere in a stream of scenes,
+    see ``train.fit``). The window score is the attention-weighted mean of the
+    second scores (as :func:`attention_mil`), and an attention head over the
+    same features predicts the 527 AudioSet labels.
+
+    Args:
+      num_aux: auxiliary AudioSet labels (0 to leave the head out).
+      hidden: units of the per-second convolution.
+      rnn_units: GRU units per direction (default ``hidden // 2``).
+      context: seconds seen by the convolution (odd).
+      mean, var: input statistics (``[128]``) from :func:`input_statistics`.
+
+    Returns:
+      Keras model, uint8 ``[B, 10, 128]`` -> dict ``classes`` [B, C],
+      ``seconds`` [B, 10, C] and (if ``num_aux``) ``audioset`` [B, num_aux].
+    """
+    import keras
+
+    inp = _input(keras)
+    x = _standardise(keras, inp, mean, var)
+    x = keras.layers.Conv1D(hidden, context, padding="same", activation="relu", name="context")(x)
+    x = keras.layers.Dropout(dropout)(x)
+    gru = keras.layers.GRU(rnn_units or max(hidden // 2, 1), return_sequences=True, unroll=True)
+    x = keras.layers.Bidirectional(gru, name="temporal")(x)
+    h = keras.layers.Dropout(dropout)(x)
+    classes, seconds = _mil_head(keras, h, num_classes, "classes")
+    outputs = {"classes": classes, "seconds": seconds}
+    if num_aux:
+        outputs["audioset"] = _mil_head(keras, h, num_aux, "audioset")[0]
+    return keras.Model(inp, outputs, name="stream_gru")
 
 
 def mean_mlp(
@@ -202,9 +256,90 @@ def serving_model(model: Any, output: str = "classes", name: str | None = None) 
     return keras.Model(model.inputs[0], out, name=name or f"{model.name}_{output}")
 
 
-def build(name: str, **kwargs: Any) -> Any:
-    """Builds a model by name (``MODEL_NAMES``) with its keyword arguments."""
-    fns = {"paper_cnn": paper_cnn, "paper_dense": paper_dense, "attention_mil": attention_mil, "mean_mlp": mean_mlp}
-    if name not in fns:
+@dataclass(frozen=True)
+class Hyper:
+    """What a builder may take from the training configuration."""
+
+    loss: str = "binary"
+    normalise: bool = True
+    last_pool: bool = True
+    hidden: int = 512
+    dropout: float = 0.3
+    mean: npt.NDArray | None = None
+    var: npt.NDArray | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An architecture and how it trains: the one place ``train.fit`` asks.
+
+    Attributes:
+      build: ``(num_classes, num_aux, Hyper) -> keras.Model`` (``num_aux`` is 0
+        unless ``aux``).
+      summary: one line for ``--help`` and the docs.
+      losses: the ``--loss`` values it takes (sigmoid/BCE or softmax).
+      input_stats: needs the training side's input statistics (``Hyper.mean/var``).
+      aux: has the 527-label auxiliary output ``audioset`` (``--aux-weight``).
+      seconds: has a per-second output ``seconds`` ``[B, 10, C]`` (exported as
+        ``seconds.tflite``/``seconds.keras``).
+      scenes: trains on windows cut from synthetic scenes (``train.scenes``)
+        with per-second targets, besides the aligned clips.
+    """
+
+    build: Callable[[int, int, Hyper], Any]
+    summary: str
+    losses: tuple[str, ...] = ("binary",)
+    input_stats: bool = False
+    aux: bool = False
+    seconds: bool = False
+    scenes: bool = False
+
+    @property
+    def dict_outputs(self) -> bool:
+        """The model returns a dict of named outputs (``classes`` and more)."""
+        return self.aux or self.seconds
+
+    def trained_outputs(self, aux_weight: float) -> dict[str, float]:
+        """``{output: loss weight}`` of the outputs that carry a loss."""
+        out = {"classes": 1.0}
+        if self.scenes:
+            out["seconds"] = 1.0
+        if self.aux and aux_weight > 0:
+            out["audioset"] = float(aux_weight)
+        return out
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper_cnn": Recipe(
+        lambda n, _, hp: paper_cnn(n, hp.loss, hp.normalise, hp.last_pool),
+        "the paper's CNN on the 10x128 window", losses=LOSSES),
+    "paper_dense": Recipe(
+        lambda n, _, hp: paper_dense(n, hp.loss, hp.normalise),
+        "the paper's 1280/10-100-1000 dense net", losses=LOSSES),
+    "attention_mil": Recipe(
+        lambda n, k, hp: attention_mil(n, k, hidden=hp.hidden, dropout=hp.dropout, mean=hp.mean, var=hp.var),
+        "per-second network with attention pooling, trained on clips", input_stats=True, aux=True, seconds=True),
+    "mean_mlp": Recipe(
+        lambda n, _, hp: mean_mlp(n, hidden=hp.hidden, dropout=hp.dropout, mean=hp.mean, var=hp.var),
+        "mean and max over the seconds, one hidden layer", input_stats=True),
+    "stream_gru": Recipe(
+        lambda n, k, hp: stream_gru(n, k, hidden=hp.hidden, dropout=hp.dropout, mean=hp.mean, var=hp.var),
+        "Conv1D + bidirectional GRU per-second scores, trained on synthetic scenes",
+        input_stats=True, aux=True, seconds=True, scenes=True),
+}
+"""Every architecture ``audiocap-train fit --model`` knows, with its training recipe."""
+
+MODEL_NAMES = tuple(RECIPES)
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe of ``name``; ValueError naming the choices otherwise."""
+    if name not in RECIPES:
         raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
-    return fns[name](**kwargs)
+    return RECIPES[name]
+
+
+def build(name: str, num_classes: int = len(params.CLASS_NAMES), num_aux: int = 0, hyper: Hyper | None = None) -> Any:
+    """Builds a model by name (``MODEL_NAMES``), as its recipe does."""
+    r = recipe(name)
+    return r.build(num_classes, num_aux if r.aux else 0, hyper or Hyper())

@@ -89,3 +89,25 @@ def write_clean_dir(folder: Path, n_files: int, per_file: int, seed: int = 0) ->
     for f in range(n_files):
         write_tfrecord(folder / f"{f:03d}.tfrecord", [sequence_example(c) for c in clips[f * per_file : (f + 1) * per_file]])
     return folder
+
+
+def write_noisy_dir(folder: Path, n_files: int = 8, per_file: int = 50, seed: int = 3, flip: float = 0.3) -> Path:
+    """A hard dataset: a weak class band in loud noise, and ``flip`` of the labels redrawn at random.
+
+    A wide network with a high learning rate and no dropout learns the band in
+    its first epoch and then fits the wrong labels: validation mAP falls after
+    the first epoch (for tests of best-epoch selection).
+    """
+    rng = np.random.default_rng(seed)
+    clips = []
+    for i in range(n_files * per_file):
+        cls = int(rng.integers(0, 5))
+        emb = rng.normal(128, 30, (10, 128)).clip(0, 255).astype(np.uint8)
+        if cls < 4:
+            emb[:, cls * 16 : cls * 16 + 16] = rng.normal(150, 30, (10, 16)).clip(0, 255).astype(np.uint8)
+        label = cls if rng.random() > flip else int(rng.integers(0, 5))
+        labels = [CLASS_LABELS[list(CLASS_LABELS)[label]][0]] if label < 4 else [8]
+        clips.append({"video_id": f"noisy{seed}_{i // 2:04d}", "start": float(10 * (i % 2)), "labels": labels, "emb": emb})
+    for f in range(n_files):
+        write_tfrecord(folder / f"{f:03d}.tfrecord", [sequence_example(c) for c in clips[f * per_file : (f + 1) * per_file]])
+    return folder

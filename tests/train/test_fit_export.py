@@ -49,7 +49,9 @@ def test_bundle_runtimes_agree(small_bundle, small_run, small_data):
     assert [c["name"] for c in meta["classes"]] == list(params.CLASS_NAMES)
     assert meta["classes"][0] == {"name": "Speech", "mid": "/m/09x0r", "label_indices": [0, 1]}
     assert "split" in meta["metrics"] and meta["training"]["model"] == "attention_mil"
-    assert sorted(p.name for p in small_bundle.iterdir()) == ["metadata.json", "model.keras", "model.tflite", "seconds.tflite"]
+    assert sorted(p.name for p in small_bundle.iterdir()) == [
+        "metadata.json", "model.keras", "model.tflite", "seconds.keras", "seconds.tflite"]
+    assert meta["seconds"]["trained_on"] == "clips" and meta["seconds"]["keras"] == "seconds.keras"
     clips, _ = data.load_clips(small_data["data"], num_labels=10)
     lite = classifier.load_classifier(small_bundle, runtime="litert")
     ker = classifier.load_classifier(small_bundle, runtime="keras")
