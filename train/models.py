@@ -129,6 +129,14 @@ def _mil_head(keras: Any, h: Any, n: int, name: str) -> tuple[Any, Any]:
     return keras.layers.Rescaling(float(params.WINDOW_EMBEDDINGS), name=name)(s), p
 
 
+def _mil_model(keras: Any, inp: Any, h: Any, num_classes: int, num_aux: int, name: str) -> Any:
+    """The model with ``classes``/``seconds`` (and ``audioset`` if ``num_aux``) heads over features ``h``."""
+    classes, seconds = _mil_head(keras, h, num_classes, "classes")
+    outputs = {"classes": classes, "seconds": seconds}
+    if num_aux:
+        outputs["audioset"] = _mil_head(keras, h, num_aux, "audioset")[0]
+    return keras.Model(inp, outputs, name=name)
+
 def attention_mil(
     num_classes: int = len(params.CLASS_NAMES),
     num_aux: int = params.AUDIOSET_NUM_LABELS,
@@ -164,11 +172,7 @@ def attention_mil(
     x = keras.layers.Conv1D(hidden, 1, activation="relu", name="second")(x)
     h = keras.layers.Dropout(dropout)(x)
 
-    classes, seconds = _mil_head(keras, h, num_classes, "classes")
-    outputs = {"classes": classes, "seconds": seconds}
-    if num_aux:
-        outputs["audioset"] = _mil_head(keras, h, num_aux, "audioset")[0]
-    return keras.Model(inp, outputs, name="attention_mil")
+    return _mil_model(keras, inp, h, num_classes, num_aux, "attention_mil")
 
 
 def stream_gru(
@@ -213,11 +217,7 @@ def stream_gru(
     gru = keras.layers.GRU(rnn_units or max(hidden // 2, 1), return_sequences=True, unroll=True)
     x = keras.layers.Bidirectional(gru, name="temporal")(x)
     h = keras.layers.Dropout(dropout)(x)
-    classes, seconds = _mil_head(keras, h, num_classes, "classes")
-    outputs = {"classes": classes, "seconds": seconds}
-    if num_aux:
-        outputs["audioset"] = _mil_head(keras, h, num_aux, "audioset")[0]
-    return keras.Model(inp, outputs, name="stream_gru")
+    return _mil_model(keras, inp, h, num_classes, num_aux, "stream_gru")
 
 
 def mean_mlp(
