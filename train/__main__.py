@@ -112,6 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_options(g)
     g.set_defaults(mapping="direct")
 
+    t = sub.add_parser("timeline", help="caption timeline: how captions follow the sound (one JSON object on stdout)")
+    t.add_argument("--model", help="bundle directory (default: the shipped bundle)")
+    t.add_argument("--data", required=True, nargs="+", help="tfrecord directory, glob or files (bal_train)")
+    t.add_argument("--half", choices=("report", "calibration", "all"), default="report",
+                   help="which half of the grouped validation split's videos to stream (default: report)")
+    t.add_argument("--seed", type=int, default=0, help="stream seed")
+    t.add_argument("--png", help="write a picture of the first minutes of the stream here")
+    t.add_argument("--calibrate", action="store_true",
+                   help="first calibrate the bundle's per-second tracker on the calibration half (writes metadata.json)")
+    t.add_argument("--lookahead", type=float, default=None, help="seconds of look-ahead to calibrate for (0.96)")
+    t.add_argument("--max-false-alarms", type=float, default=None,
+                   help="calibration: cap on the share of captions that are false alarms (default: none, best F1)")
+    t.add_argument("--runtime", choices=("auto", "litert", "keras"), default="auto")
+    t.add_argument("--write-tfrecords", metavar="DIR",
+                   help="also write the stream as tfrecords, to replay it: audiocapd --source replay:DIR")
+
     v = sub.add_parser("export-vggish", help="export VGGish to TFLite (float32, int8) and a SavedModel")
     v.add_argument("--source", required=True, help="VGGish checkpoint, SavedModel dir or TF-Hub handle")
     v.add_argument("--out", required=True, help="output directory")
@@ -165,6 +181,16 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_timeline(args: argparse.Namespace) -> int:
+    from train.timeline import evaluate_timeline
+
+    result = evaluate_timeline(args.model, args.data, seed=args.seed, half=args.half, png=args.png,
+                               calibrate_bundle=args.calibrate, lookahead_s=args.lookahead, runtime=args.runtime,
+                               write_tfrecords=args.write_tfrecords, max_false_alarms=args.max_false_alarms)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
 def _cmd_export_vggish(args: argparse.Namespace) -> int:
     from pipeline.vggish import export_savedmodel, export_tflite, load_vggish
 
@@ -197,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _cmd_export,
         "experiments": _cmd_experiments,
         "export-vggish": _cmd_export_vggish,
+        "timeline": _cmd_timeline,
     }
     try:
         return handlers[args.command](args)
