@@ -73,6 +73,69 @@ def condition(samples: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return to_mono(to_float(samples)).astype(np.float32, copy=False)
 
 
+def level_dbfs(sum_squares: float, count: int) -> float:
+    """RMS level in dBFS of ``count`` samples whose squares sum to ``sum_squares``.
+
+    0 dBFS is the RMS of a full-scale square wave (samples at ±1); a full-scale
+    sine is -3 dBFS. Silence (and ``count == 0``) gives
+    ``params.LEVEL_FLOOR_DBFS``, so the value is always a finite number.
+    """
+    if count <= 0 or not sum_squares > 0:
+        return params.LEVEL_FLOOR_DBFS
+    return max(params.LEVEL_FLOOR_DBFS, 10.0 * math.log10(sum_squares / count))
+
+
+class LevelMeter:
+    """Levels of consecutive 0.96-s stretches of one audio stream, block by block.
+
+    Stretch ``i`` is the input samples of ``[i x 0.96 s, (i + 1) x 0.96 s)``: the
+    audio of embedding ``i`` (which also reads the next 15 ms). Blocks of any
+    size give the same levels.
+
+    Args:
+      sample_rate: the stream's rate, Hz.
+      keep: how many finished stretches to remember (older ones are dropped).
+    """
+
+    def __init__(self, sample_rate: int, keep: int = 2 * params.WINDOW_EMBEDDINGS) -> None:
+        self.rate = _check_rate(sample_rate)
+        self.keep = keep
+        self._samples = 0  # samples seen
+        self._index = 0  # the stretch being filled
+        self._sum = 0.0
+        self._count = 0
+        self._levels: dict[int, float] = {}
+
+    def _boundary(self, i: int) -> int:
+        """First sample of stretch ``i`` (rounded, so stretches tile exactly)."""
+        return int(round(i * params.EMBEDDING_SECONDS * self.rate))
+
+    def add(self, samples: npt.ArrayLike) -> None:
+        """Adds a block (``[n]`` or ``[n, channels]`` PCM, mixed to mono)."""
+        x = condition(samples).astype(np.float64)
+        pos = 0
+        while pos < x.shape[0]:
+            end = self._boundary(self._index + 1) - self._samples
+            part = x[pos:pos + max(end, 0)]
+            self._sum += float(np.dot(part, part))
+            self._count += part.shape[0]
+            self._samples += part.shape[0]
+            pos += part.shape[0]
+            if self._samples >= self._boundary(self._index + 1):
+                self._levels[self._index] = level_dbfs(self._sum, self._count)
+                self._levels.pop(self._index - self.keep, None)
+                self._index, self._sum, self._count = self._index + 1, 0.0, 0
+
+    def level(self, i: int) -> float | None:
+        """Level of stretch ``i``: finished, or the part heard so far (at the end of a
+        stream); ``None`` if it was dropped or nothing of it was heard."""
+        if i in self._levels:
+            return self._levels[i]
+        if i == self._index and self._count > 0:
+            return level_dbfs(self._sum, self._count)
+        return None
+
+
 def _check_rate(sample_rate: float) -> int:
     if isinstance(sample_rate, bool) or not float(sample_rate).is_integer() or sample_rate <= 0:
         raise ValueError(f"sample rate must be a positive whole number of Hz; got {sample_rate!r}")

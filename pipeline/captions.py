@@ -36,7 +36,10 @@ def event_payload(event: CaptionEvent, node: str, source: str, model: str) -> di
       model: ``name@version`` of the classifier.
 
     Returns:
-      A JSON-serialisable dict with the keys of DESIGN.md in their order.
+      A JSON-serialisable dict with the keys of DESIGN.md in their order, then
+      the keys added since: ``urgent`` (the class is one people must not miss)
+      and ``level_dbfs`` (the loudest level heard during the caption so far,
+      RMS in dBFS, or ``null`` without audio).
     """
     return {
         "schema": SCHEMA_VERSION,
@@ -50,16 +53,30 @@ def event_payload(event: CaptionEvent, node: str, source: str, model: str) -> di
         "node": node,
         "source": source,
         "model": model,
+        "urgent": bool(event.urgent),
+        "level_dbfs": _level(event.level_dbfs),
     }
 
 
+def _level(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 1)
+
+
 def scores_payload(
-    t_start: float, t_end: float, classes: Sequence[str], scores: Iterable[float], node: str, model: str
+    t_start: float,
+    t_end: float,
+    classes: Sequence[str],
+    scores: Iterable[float],
+    node: str,
+    model: str,
+    level_dbfs: float | None = None,
 ) -> dict[str, Any]:
     """The per-window message on ``<prefix>/<node>/scores``.
 
-    ``t`` is the end of the window's newest embedding: the audio up to that
-    instant has been heard. ``window_start`` is where the newest embedding begins.
+    ``t`` is the end of the scored embedding: the audio up to that instant has
+    been heard. ``window_start`` is where that embedding begins. ``level_dbfs``
+    is the level of its 0.96 s of audio (RMS, dBFS, floored at
+    ``params.LEVEL_FLOOR_DBFS``), ``null`` when the source has no audio.
     """
     return {
         "t": iso_utc(t_end),
@@ -67,6 +84,7 @@ def scores_payload(
         "scores": {name: round(float(s), 4) for name, s in zip(classes, scores)},
         "node": node,
         "model": model,
+        "level_dbfs": _level(level_dbfs),
     }
 
 

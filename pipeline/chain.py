@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import params
+from pipeline.audio import LevelMeter
 from pipeline.events import CaptionEvent, EventTracker
 from pipeline.window import RollingWindow
 
@@ -42,6 +43,8 @@ class WindowScores:
       t_end: its end (``t_start + 0.96``).
       scores: float32 ``[classes]``.
       origin: wall-clock time its audio was available.
+      level_dbfs: RMS level of that embedding's 0.96 s of audio (dBFS), or
+        ``None`` for a stream of embeddings.
     """
 
     index: int
@@ -49,6 +52,7 @@ class WindowScores:
     t_end: float
     scores: npt.NDArray[np.float32]
     origin: float
+    level_dbfs: float | None = None
 
 
 Output = Union[WindowScores, CaptionEvent]
@@ -122,6 +126,7 @@ class CaptionChain:
         self._stream: Any = None
         self._embedder: Any = None
         self._times: _TimeMap | None = None
+        self._levels: LevelMeter | None = None
         self._from_audio = False
         self._emb_t0: float = 0.0  # embedding streams: time of embedding 0
         self._last_end: float | None = None
@@ -156,6 +161,7 @@ class CaptionChain:
             raise ValueError(f"stream {stream} changed rate to {sample_rate} Hz; a new rate needs a new stream")
         self._last_origin = available
         self._times.add(samples.shape[0], t0)
+        self._levels.add(samples)
         embeddings = self._embedder.process(samples)
         self._last_end = self._times.end_time
         return out + self._score(embeddings, available)
@@ -217,6 +223,7 @@ class CaptionChain:
         self._stream = None
         self._embedder = None
         self._times = None
+        self._levels = None
         self._last_end = None
         self._pending = None
         self._newest = -1
@@ -237,9 +244,11 @@ class CaptionChain:
                 raise ValueError("this chain was built without an embedder and cannot take audio blocks")
             self._embedder = self.make_embedder(audio_rate)
             self._times = _TimeMap(audio_rate)
+            self._levels = LevelMeter(audio_rate)
         else:
             self._embedder = None
             self._times = None
+            self._levels = None
         return out
 
     def _embedding_start(self, i: int) -> float:
@@ -250,8 +259,9 @@ class CaptionChain:
     def _emit(self, i: int, scores: npt.NDArray[np.float32], origin: float) -> list[Output]:
         t_start = self._embedding_start(i)
         t_end = t_start + params.EMBEDDING_SECONDS
-        out: list[Output] = [WindowScores(i, t_start, t_end, scores, origin)]
-        return out + self.tracker.update(t_start, t_end, scores, origin)
+        level = self._levels.level(i) if self._levels is not None else None
+        out: list[Output] = [WindowScores(i, t_start, t_end, scores, origin, level)]
+        return out + self.tracker.update(t_start, t_end, scores, origin, level)
 
     def _score(self, embeddings: npt.NDArray[np.uint8], origin: float) -> list[Output]:
         out: list[Output] = []

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import params
+from pipeline.events import DEFAULT_CAPTIONS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def default_bundle_path() -> Path:
     return found[0]
 
 
+def _default_caption(name: str) -> str:
+    return DEFAULT_CAPTIONS.get(name) or f"[{name}]"
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and checks a bundle's ``metadata.json``.
 
@@ -98,6 +103,20 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         )
     if not names:
         raise BundleError(f"{meta_path}: no classes")
+    if len(set(names)) != len(names):
+        raise BundleError(f"{meta_path}: class names repeat ({list(names)}); {_HOW_TO_GET}")
+    captions, urgent = {}, {}
+    for c in meta["classes"]:
+        name = str(c["name"])
+        caption = c.get("caption", _default_caption(name))
+        flag = c.get("urgent", False)
+        if not isinstance(caption, str) or not caption.strip():
+            raise BundleError(f"{meta_path}: class {name!r} has caption {caption!r}; expected a non-empty string")
+        if not isinstance(flag, bool):
+            raise BundleError(f"{meta_path}: class {name!r} has urgent {flag!r}; expected true or false")
+        captions[name], urgent[name] = caption, flag
+    meta["_captions"] = captions
+    meta["_urgent"] = urgent
     meta["_class_names"] = names
     meta["_thresholds"] = thresholds
     return meta
@@ -117,6 +136,9 @@ class Classifier:
     Attributes:
       classes: class names in output order.
       thresholds: ``{name: threshold}`` calibrated on validation.
+      captions: ``{name: caption text}`` from the bundle's class set
+        (default :data:`pipeline.events.DEFAULT_CAPTIONS` or ``[<name>]``).
+      urgent: ``{name: bool}``: classes people must not miss (default false).
       name, version: the bundle's identity.
       metadata: the bundle's ``metadata.json``.
       path: the bundle directory.
@@ -127,6 +149,8 @@ class Classifier:
         self.path = path
         self.classes: tuple[str, ...] = meta.pop("_class_names")
         self.thresholds: dict[str, float] = meta.pop("_thresholds")
+        self.captions: dict[str, str] = meta.pop("_captions")
+        self.urgent: dict[str, bool] = meta.pop("_urgent")
         self.metadata = meta
         self.name = str(meta["name"])
         self.version = str(meta["version"])

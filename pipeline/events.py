@@ -64,6 +64,11 @@ class CaptionEvent:
       end: event end for ``end`` events, else ``None``.
       origin: wall-clock time the audio that produced this edge was available
         (used to measure delivery latency; not part of the payload).
+      urgent: the class is one people must not miss (an alarm, the door): the
+        display and Home Assistant alert for it.
+      level_dbfs: the loudest window level (RMS, dBFS) heard while the class
+        scored above its off threshold, up to this edge; ``None`` when the
+        source has no audio (a replay of embeddings).
     """
 
     event_id: str
@@ -74,6 +79,8 @@ class CaptionEvent:
     start: float
     end: float | None
     origin: float = 0.0
+    urgent: bool = False
+    level_dbfs: float | None = None
 
 
 SCORING = ("window", "seconds")
@@ -87,6 +94,8 @@ class _ClassState:
     caption: str
     min_duration: float
     hold: float
+    urgent: bool = False
+    level: float | None = None  # loudest level of the pending or open event
     candidate: float | None = None  # start of a pending event
     event_id: str | None = None  # set while active
     start: float = 0.0
@@ -109,6 +118,7 @@ class EventTracker:
         ``on * EVENT_OFF_RATIO``.
       captions: class -> caption text; a missing class gets
         :data:`DEFAULT_CAPTIONS` or ``[<class>]``.
+      urgent: class -> whether its captions are urgent (default: none is).
       min_duration: seconds above *off* before an event is published (one
         value, or class -> value; a missing class gets the default).
       hold: seconds below *off* before an event ends (likewise).
@@ -131,6 +141,7 @@ class EventTracker:
     new_id: Callable[[], str] = _new_id
     scoring: str = "window"
     lookahead: int = 0
+    urgent: Mapping[str, bool] | None = None
     _states: dict[str, _ClassState] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +159,10 @@ class EventTracker:
                 )
         offs = dict(self.off_thresholds or {})
         caps = dict(self.captions or {})
+        urgent = dict(self.urgent or {})
+        unknown = sorted(set(urgent) - set(self.classes))
+        if unknown:
+            raise ValueError(f"urgent flags for unknown classes {unknown}; the classes are {list(self.classes)}")
         self._states = {}
         for name in self.classes:
             if name not in self.on_thresholds:
@@ -160,7 +175,7 @@ class EventTracker:
                 )
             caption = caps.get(name) or DEFAULT_CAPTIONS.get(name) or f"[{name}]"
             self._states[name] = _ClassState(on=on, off=off, caption=caption, min_duration=mins[name],
-                                             hold=holds[name])
+                                             hold=holds[name], urgent=bool(urgent.get(name, False)))
 
     @property
     def active(self) -> dict[str, bool]:
@@ -170,6 +185,10 @@ class EventTracker:
     def caption_texts(self) -> dict[str, str]:
         """Class -> caption text in effect."""
         return {name: st.caption for name, st in self._states.items()}
+
+    def urgent_classes(self) -> tuple[str, ...]:
+        """The classes whose captions are urgent, in class order."""
+        return tuple(name for name, st in self._states.items() if st.urgent)
 
     def thresholds(self) -> dict[str, tuple[float, float]]:
         """Class -> ``(on, off)`` in effect."""
@@ -185,6 +204,7 @@ class EventTracker:
         t_end: float,
         scores: npt.ArrayLike,
         origin: float = 0.0,
+        level_dbfs: float | None = None,
     ) -> list[CaptionEvent]:
         """Feeds the scores of one window.
 
@@ -193,6 +213,8 @@ class EventTracker:
           t_end: its end (``t_start + 0.96``).
           scores: float ``[len(classes)]`` in [0, 1].
           origin: wall-clock time the audio behind this window was available.
+          level_dbfs: the level of the audio these scores describe (RMS,
+            dBFS), or ``None`` without audio; events carry their loudest.
 
         Returns:
           The events this window caused (possibly none), in class order.
@@ -206,21 +228,24 @@ class EventTracker:
             st = self._states[name]
             if st.event_id is None and st.candidate is None:
                 if score >= st.on:
-                    st.candidate, st.peak = t_start, score
+                    st.candidate, st.peak, st.level = t_start, score, level_dbfs
             elif st.event_id is None:
                 if score >= st.off:
                     st.peak = max(st.peak, score)
+                    st.level = _louder(st.level, level_dbfs)
                 else:
-                    st.candidate = None
+                    st.candidate, st.level = None, None
             if st.event_id is None and st.candidate is not None:
                 if t_end - st.candidate >= st.min_duration - _EPS:
                     st.event_id, st.start, st.candidate, st.below_since = self.new_id(), st.candidate, None, None
-                    out.append(CaptionEvent(st.event_id, "start", name, st.caption, st.peak, st.start, None, origin))
+                    out.append(CaptionEvent(st.event_id, "start", name, st.caption, st.peak, st.start, None, origin,
+                                            st.urgent, st.level))
                 continue
             if st.event_id is not None:
                 if score >= st.off:
                     st.below_since = None
                     st.peak = max(st.peak, score)
+                    st.level = _louder(st.level, level_dbfs)
                 else:
                     if st.below_since is None:
                         st.below_since = t_start
@@ -248,9 +273,16 @@ class EventTracker:
 
     def _close(self, name: str, end: float, origin: float) -> CaptionEvent:
         st = self._states[name]
-        ev = CaptionEvent(st.event_id or "", "end", name, st.caption, st.peak, st.start, max(end, st.start), origin)
-        st.event_id, st.below_since, st.candidate, st.peak = None, None, None, 0.0
+        ev = CaptionEvent(st.event_id or "", "end", name, st.caption, st.peak, st.start, max(end, st.start), origin,
+                          st.urgent, st.level)
+        st.event_id, st.below_since, st.candidate, st.peak, st.level = None, None, None, 0.0, None
         return ev
+
+
+def _louder(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
 
 
 def _per_class(value: float | Mapping[str, float], classes: Sequence[str], default: float) -> dict[str, float]:
@@ -286,7 +318,8 @@ def make_tracker(
       on_thresholds, off_thresholds: class -> threshold.
       off_ratio: off = on x this, for classes without an off threshold.
       min_duration_s, hold_s: seconds, for every class.
-      captions: class -> caption text.
+      captions: class -> caption text (default: the bundle's, see
+        ``Classifier.captions``). Urgent flags always come from the bundle.
 
     Raises:
       ValueError: per-second scoring asked of a bundle without a per-second
@@ -329,5 +362,7 @@ def make_tracker(
         lookahead = int(round(lookahead_s / params.EMBEDDING_SECONDS))
     else:
         lookahead = int(calibrated.get("lookahead", params.EVENT_LOOKAHEAD_EMBEDDINGS))
-    return EventTracker(classes, on, off, captions, min_duration, hold, scoring=scoring,
-                        lookahead=lookahead if scoring == "seconds" else 0)
+    texts = {**dict(getattr(classifier, "captions", None) or {}), **dict(captions or {})}
+    urgent = {c: bool(u) for c, u in dict(getattr(classifier, "urgent", None) or {}).items() if c in classes}
+    return EventTracker(classes, on, off, texts, min_duration, hold, scoring=scoring,
+                        lookahead=lookahead if scoring == "seconds" else 0, urgent=urgent)

@@ -135,3 +135,6 @@ CLOCK_SMOOTHING = 0.05
 0.1 s blocks): removes the sound server's timestamp jitter, follows drift."""
 CLOCK_RESYNC_SECONDS = 0.5
 """A block whose timestamp is this far off the smoothed clock re-anchors it."""
+
+LEVEL_FLOOR_DBFS = -120.0
+"""The lowest audio level reported (dBFS): digital silence reads as this, never -inf."""

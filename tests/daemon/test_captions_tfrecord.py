@@ -17,8 +17,10 @@ from pipeline.events import CaptionEvent
 def test_payload_keys_and_times():
     ev = CaptionEvent("abc", "end", "Music", "[Music]", 0.93456, 1795474506.9876, 1795474510.0004)
     p = captions.event_payload(ev, "kitchen", "mic:default", "audiocap@1")
+    # DESIGN.md's keys in their order, then the keys added since (add, never rename).
     assert list(p) == ["schema", "event_id", "type", "label", "caption", "score", "start", "end", "node",
-                       "source", "model"]
+                       "source", "model", "urgent", "level_dbfs"]
+    assert p["urgent"] is False and p["level_dbfs"] is None
     assert p["start"].endswith("Z") and p["start"][-5] == "." and p["start"][10] == "T"
     assert p["end"].endswith(".000Z")
     assert p["score"] == 0.9346

@@ -93,3 +93,28 @@ def test_a_window_tracker_is_refused_nothing_and_a_seconds_tracker_needs_seconds
 
     with pytest.raises(ValueError, match="per-second model"):
         CaptionChain(NoSeconds(), _tracker(clf, 1))
+
+
+def test_audio_scores_carry_the_level_of_their_own_second(clf, vggish_model, pca_path):
+    from pipeline.embedder import Embedder
+    from pipeline.postprocess import Postprocessor
+
+    post = Postprocessor(pca_path)
+    chain = CaptionChain(clf, _tracker(clf, 1), make_embedder=lambda rate: Embedder(vggish_model, post, rate))
+    rate = 16000
+    t = np.arange(int(6 * STEP * rate)) / rate
+    x = 0.25 * np.sin(2 * np.pi * 1000 * t)
+    x[int(3 * STEP * rate):] = 0.0  # three seconds of tone, then digital silence
+    out = []
+    for i in range(0, len(x), 1600):
+        out += chain.feed_audio(x[i:i + 1600].astype(np.float32), rate, 1e9 + i / rate, 0.0)
+    out += chain.end_stream(0.0)
+    levels = {o.index: o.level_dbfs for o in out if isinstance(o, WindowScores)}
+    assert sorted(levels) == list(range(5))  # 5.76 s hold five whole 0.975-s examples
+    tone = 20 * np.log10(0.25 / np.sqrt(2))
+    assert [round(levels[i], 2) for i in range(3)] == [round(tone, 2)] * 3
+    assert [levels[i] for i in range(3, 5)] == [params.LEVEL_FLOOR_DBFS] * 2
+    # Embeddings carry no audio, so their scores have no level.
+    chain = CaptionChain(clf, _tracker(clf, 1))
+    scored = [o for o in chain.feed_embeddings(_emb(4), 1e9, 0.0) if isinstance(o, WindowScores)]
+    assert scored and all(o.level_dbfs is None for o in scored)

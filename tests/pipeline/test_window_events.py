@@ -171,3 +171,59 @@ def test_make_tracker_takes_the_calibrated_tracker_and_lets_the_config_override(
     assert make_tracker(_Bundle()).scoring == "window"
     with pytest.raises(ValueError, match="per-second model"):
         make_tracker(_Bundle(cal, has_seconds=False), scoring="seconds")
+
+
+def test_urgent_flags_and_loudest_level_ride_on_both_edges():
+    tr = _tracker(urgent={"Music": True})
+    assert tr.urgent_classes() == ("Music",)
+    seq = [(0.1, -50.0), (0.9, -20.0), (0.6, -12.5), (0.45, -30.0), (0.3, -3.0), (0.3, -3.0), (0.3, -3.0), (0.1, -3.0)]
+    out = []
+    for i, (s, level) in enumerate(seq):
+        scores = np.zeros(4)
+        scores[2] = s
+        out += tr.update(1000 + i * STEP, 1000 + (i + 1) * STEP, scores, level_dbfs=level)
+    start, end = out
+    assert start.urgent and end.urgent
+    # The start knows the windows that started it; the end the loudest while above off (not the hold's).
+    assert start.level_dbfs == -12.5 and end.level_dbfs == -12.5
+    # Without audio the level stays unknown; classes not flagged are not urgent.
+    ev = _run(_tracker(urgent={"Music": True}), [0.9, 0.9, 0.1, 0.1, 0.1], cls=0)
+    assert ev and all(e.level_dbfs is None and not e.urgent for e in ev)
+    with pytest.raises(ValueError, match="unknown classes"):
+        _tracker(urgent={"Alarm": True})
+
+
+def test_make_tracker_takes_captions_and_urgent_flags_from_the_bundle():
+    from pipeline.events import make_tracker
+
+    b = _Bundle()
+    b.captions = {"Speech": "[Talking]", "Music": "[Music]"}
+    b.urgent = {"Speech": True}
+    tr = make_tracker(b, captions={"Music": "[Tune]"})
+    assert tr.caption_texts()["Speech"] == "[Talking]" and tr.caption_texts()["Music"] == "[Tune]"
+    assert tr.urgent_classes() == ("Speech",)
+
+
+def test_level_meter_measures_each_stretch_whatever_the_blocks():
+    from pipeline.audio import LevelMeter, level_dbfs
+
+    rate = 44100
+    t = np.arange(int(3.2 * rate)) / rate
+    x = 0.5 * np.sin(2 * np.pi * 440 * t)
+    x[int(0.96 * rate):int(1.92 * rate)] = 0.0  # stretch 1 is silence
+    levels = []
+    for sizes in ([4410], [1, 997, 44100, 13], [len(x)]):
+        m = LevelMeter(rate)
+        pos, k = 0, 0
+        while pos < len(x):
+            n = sizes[k % len(sizes)]
+            m.add((x[pos:pos + n] * 32767).astype(np.int16))
+            pos, k = pos + n, k + 1
+        levels.append([m.level(i) for i in range(4)])
+    assert levels[0] == levels[1] == levels[2]
+    sine_db = 20 * np.log10(0.5 / np.sqrt(2))  # a sine's RMS is its amplitude / sqrt(2)
+    assert levels[0][0] == pytest.approx(sine_db, abs=0.01)
+    assert levels[0][1] == params.LEVEL_FLOOR_DBFS
+    assert levels[0][2] == pytest.approx(sine_db, abs=0.01)
+    assert levels[0][3] == pytest.approx(sine_db, abs=0.05)  # the part heard of the last stretch
+    assert level_dbfs(0.0, 0) == params.LEVEL_FLOOR_DBFS and level_dbfs(4.0, 4) == 0.0
