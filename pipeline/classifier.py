@@ -34,7 +34,9 @@ SECONDS_TFLITE_NAME = "seconds.tflite"
 BUNDLE_FORMAT = 1
 RUNTIMES = ("auto", "litert", "keras")
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-"""Where the shipped bundle lives."""
+"""Where the shipped bundles live."""
+DEFAULT_BUNDLE = "audiocap-4class"
+"""The shipped bundle loaded when none is named: the four classes of the paper."""
 REQUIRED_KEYS = ("name", "version", "classes", "input", "thresholds")
 _HOW_TO_GET = (
     "make one with `audiocap-train fit --data DIR --out RUN && audiocap-train export --run RUN --out DIR` "
@@ -50,18 +52,41 @@ class BundleNotFoundError(BundleError, FileNotFoundError):
     """The bundle (or one of its files) does not exist."""
 
 
+def shipped_bundles() -> dict[str, Path]:
+    """The bundles shipped in ``pipeline/models/``: directory name -> path."""
+    return {p.parent.name: p.parent for p in sorted(MODELS_DIR.glob(f"*/{METADATA_NAME}"))}
+
+
 def default_bundle_path() -> Path:
-    """The bundle shipped in ``pipeline/models/`` (the only subdirectory with metadata).
+    """The bundle loaded when none is named: :data:`DEFAULT_BUNDLE` (or the only one shipped).
 
     Raises:
       BundleNotFoundError: no bundle is installed.
     """
-    found = sorted(p.parent for p in MODELS_DIR.glob(f"*/{METADATA_NAME}"))
+    found = shipped_bundles()
+    if DEFAULT_BUNDLE in found:
+        return found[DEFAULT_BUNDLE]
     if not found:
         raise BundleNotFoundError(f"no classifier bundle found in {MODELS_DIR}; {_HOW_TO_GET}")
+    first = next(iter(found.values()))
     if len(found) > 1:
-        _LOGGER.warning("several bundles in %s; using %s", MODELS_DIR, found[0])
-    return found[0]
+        _LOGGER.warning("several bundles in %s and none is %s; using %s", MODELS_DIR, DEFAULT_BUNDLE, first)
+    return first
+
+
+def resolve_bundle(path: str | os.PathLike | None) -> Path:
+    """A bundle directory from a path, or from the name of a shipped bundle.
+
+    ``None`` is the default bundle. A name without a slash that is not a
+    directory here, such as ``audiocap-home``, is looked up among the shipped
+    bundles, so an installed audiocap needs no path into site-packages.
+    """
+    if path is None:
+        return default_bundle_path()
+    bundle = Path(path)
+    if not bundle.exists() and len(bundle.parts) == 1 and bundle.name in shipped_bundles():
+        return shipped_bundles()[bundle.name]
+    return bundle
 
 
 def _default_caption(name: str) -> str:
@@ -77,7 +102,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     bundle = Path(path)
     meta_path = bundle / METADATA_NAME
     if not bundle.is_dir():
-        raise BundleNotFoundError(f"classifier bundle not found: {bundle} is not a directory; {_HOW_TO_GET}")
+        names = ", ".join(shipped_bundles()) or "none"
+        raise BundleNotFoundError(
+            f"classifier bundle not found: {bundle} is not a directory (shipped bundles, usable by name: {names}); "
+            f"{_HOW_TO_GET}"
+        )
     if not meta_path.is_file():
         raise BundleNotFoundError(f"classifier bundle {bundle} has no {METADATA_NAME}; {_HOW_TO_GET}")
     try:
@@ -262,7 +291,8 @@ def load_classifier(
     """Loads a classifier bundle.
 
     Args:
-      path: the bundle directory; ``None`` loads the bundle shipped with audiocap.
+      path: the bundle directory, or the name of a shipped bundle (e.g.
+        ``"audiocap-home"``); ``None`` loads :data:`DEFAULT_BUNDLE`.
       runtime: ``"litert"`` (the TFLite file, no TensorFlow), ``"keras"``
         (``model.keras`` with TensorFlow), or ``"auto"`` (litert when
         ``ai_edge_litert`` is installed, else keras).
@@ -278,7 +308,7 @@ def load_classifier(
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
-    bundle = default_bundle_path() if path is None else Path(path)
+    bundle = resolve_bundle(path)
     meta = read_metadata(bundle)
     if runtime == "auto":
         runtime = "litert" if _litert_available() else "keras"

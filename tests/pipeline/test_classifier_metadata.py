@@ -52,3 +52,17 @@ def test_captions_and_urgent_flags_are_read_and_checked(bundle):
     _edit(bundle, lambda m: m["classes"][1].update(urgent=False, caption=" "))
     with pytest.raises(BundleError, match="expected a non-empty string"):
         read_metadata(bundle)
+
+
+def test_shipped_bundles_load_by_name_and_the_default_is_the_four_classes(tmp_path, monkeypatch):
+    from pipeline import classifier
+
+    assert default_bundle_path().name == classifier.DEFAULT_BUNDLE
+    for name, path in classifier.shipped_bundles().items():
+        assert classifier.resolve_bundle(name) == path
+    # A directory of that name here wins over the shipped one; an unknown name lists what is shipped.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / classifier.DEFAULT_BUNDLE).mkdir()
+    assert classifier.resolve_bundle(classifier.DEFAULT_BUNDLE) == tmp_path / classifier.DEFAULT_BUNDLE
+    with pytest.raises(classifier.BundleNotFoundError, match=f"usable by name: .*{classifier.DEFAULT_BUNDLE}"):
+        classifier.load_classifier("no-such-bundle")
