@@ -128,6 +128,8 @@ class ClassMap:
       label_indices: per class, the sorted AudioSet label indices it covers.
       num_labels: size of the AudioSet label vocabulary (527).
       mapping: ``"ontology"`` or ``"direct"``.
+      ontology, captions, urgent: per class, from a class set
+        (:mod:`pipeline.classset`); empty for the built-in four classes.
     """
 
     names: tuple[str, ...]
@@ -135,6 +137,9 @@ class ClassMap:
     label_indices: tuple[tuple[int, ...], ...]
     num_labels: int = params.AUDIOSET_NUM_LABELS
     mapping: str = "ontology"
+    ontology: tuple[tuple[str, ...], ...] = ()
+    captions: tuple[str, ...] = ()
+    urgent: tuple[bool, ...] = ()
 
     def matrix(self) -> npt.NDArray[np.float32]:
         """float32 ``[num_labels, num_classes]``: 1 where label i belongs to class c."""
@@ -166,11 +171,19 @@ class ClassMap:
         ).reshape(-1, len(sets))
 
     def to_metadata(self) -> list[dict[str, Any]]:
-        """The bundle's ``classes`` entry: ``[{name, mid, label_indices}, ...]``."""
-        return [
-            {"name": n, "mid": m, "label_indices": list(i)}
-            for n, m, i in zip(self.names, self.mids, self.label_indices)
-        ]
+        """The bundle's ``classes`` entry: ``[{name, mid, label_indices}, ...]``,
+        with ``ontology``, ``caption`` and ``urgent`` when the map came from a class set."""
+        out = []
+        for c, (n, m, i) in enumerate(zip(self.names, self.mids, self.label_indices)):
+            entry: dict[str, Any] = {"name": n, "mid": m, "label_indices": list(i)}
+            if self.ontology:
+                entry["ontology"] = list(self.ontology[c])
+            if self.captions:
+                entry["caption"] = self.captions[c]
+            if self.urgent:
+                entry["urgent"] = bool(self.urgent[c])
+            out.append(entry)
+        return out
 
     @classmethod
     def from_metadata(cls, classes: Sequence[dict[str, Any]], num_labels: int = params.AUDIOSET_NUM_LABELS,
@@ -183,6 +196,9 @@ class ClassMap:
                 label_indices=tuple(tuple(int(i) for i in c["label_indices"]) for c in classes),
                 num_labels=num_labels,
                 mapping=mapping,
+                ontology=tuple(tuple(c["ontology"]) for c in classes) if all("ontology" in c for c in classes) else (),
+                captions=tuple(str(c["caption"]) for c in classes) if all("caption" in c for c in classes) else (),
+                urgent=tuple(bool(c["urgent"]) for c in classes) if all("urgent" in c for c in classes) else (),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LabelDataError(f"bad 'classes' metadata: {exc}") from None

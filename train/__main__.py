@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--model", choices=models.MODEL_NAMES, default=d.model,
                    help="; ".join(f"{k}: {r.summary}" for k, r in models.RECIPES.items()))
     _add_data_options(f)
+    f.add_argument("--classes", default="", metavar="FILE",
+                   help="class set: a TOML file or a shipped set's name (four, home); default: the four classes")
     f.add_argument("--positives-only", action="store_true", help="drop clips with none of the four (the paper)")
     f.add_argument("--split", choices=fit_mod.SPLITS, default=d.split,
                    help="grouped by video_id (leak-free, default) or random after oversampling (the paper)")
@@ -87,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--val-fraction", type=float, default=d.val_fraction)
     e.add_argument("--short", choices=("skip", "pad"), default=None,
                    help="short clips: skip or pad (default: as the bundle was trained)")
+    e.add_argument("--baseline", action="store_true",
+                   help="with --split val: also fit the reference model (logistic regression per class on mean+max "
+                        "pooled embeddings) on the training side and print its per-class AP")
 
     x = sub.add_parser("export", help="write a model bundle from a run directory")
     x.add_argument("--run", required=True, help="run directory written by fit")
@@ -139,7 +144,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from train.fit import FitConfig, fit
 
     cfg = FitConfig(
-        data=args.data, out=args.out, model=args.model, labels_csv=args.labels_csv, ontology=args.ontology,
+        data=args.data, out=args.out, model=args.model, classes=args.classes, labels_csv=args.labels_csv, ontology=args.ontology,
         mapping=args.mapping, positives_only=args.positives_only, short=args.short, split=args.split,
         val_fraction=args.val_fraction, oversample=args.oversample, class_weights=args.class_weights,
         loss=args.loss, normalise=args.normalise, last_pool=args.last_pool, hidden=args.hidden,
@@ -159,7 +164,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate_bundle
 
     result = evaluate_bundle(args.model, args.data, runtime=args.runtime, split=args.split,
-                             val_fraction=args.val_fraction, short=args.short)
+                             val_fraction=args.val_fraction, short=args.short, baseline=args.baseline)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -242,6 +242,64 @@ def plot_all(
     return written
 
 
+BASELINE = "logistic regression per class on mean+max pooled embeddings (x / 255), trained on the grouped training side"
+
+
+def pooled_features(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """uint8 ``[N, 10, 128]`` clips -> float32 ``[N, 256]``: the mean and the max over time, / 255."""
+    f = np.asarray(x, dtype=np.float32) / 255.0
+    return np.concatenate([f.mean(axis=1), f.max(axis=1)], axis=1)
+
+
+def baseline_scores(
+    x_train: npt.ArrayLike, y_train: npt.ArrayLike, x_eval: npt.ArrayLike, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """The issue's reference model, fitted here: one logistic regression per class
+    (standardised mean+max pooled embeddings, L2, C = 1) -> float32 ``[N_eval, C]``.
+
+    A class with no positive (or no negative) training clip scores its training rate.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(pooled_features(x_train))
+    a, b = scaler.transform(pooled_features(x_train)), scaler.transform(pooled_features(x_eval))
+    y = np.asarray(y_train)
+    out = np.zeros((b.shape[0], y.shape[1]), np.float32)
+    for c in range(y.shape[1]):
+        if y[:, c].min() == y[:, c].max():
+            out[:, c] = float(y[:, c].mean())
+            continue
+        lr = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(a, y[:, c])
+        out[:, c] = lr.predict_proba(b)[:, 1]
+    return out
+
+
+def _with_baseline(result: dict[str, Any], clips_train: Any, y_train: npt.NDArray, clips_eval: Any,
+                   y_eval: npt.NDArray, names: Sequence[str]) -> None:
+    base = baseline_scores(clips_train.x, y_train, clips_eval.x)
+    ap_base = {n: _ap(y_eval[:, c], base[:, c]) for c, n in enumerate(names)}
+    ap_model = {n: result["per_class"][n]["ap"] for n in names}
+    result["baseline"] = {
+        "model": BASELINE,
+        "train_clips": int(len(clips_train)),
+        "mAP": round(float(np.nanmean([v for v in ap_base.values() if v is not None])), 6),
+        "per_class_ap": ap_base,
+    }
+    result["ap_over_baseline"] = {
+        n: (round(ap_model[n] - ap_base[n], 6) if ap_model[n] is not None and ap_base[n] is not None else None)
+        for n in names
+    }
+
+
+def _ap(y: npt.NDArray, s: npt.NDArray) -> float | None:
+    from sklearn.metrics import average_precision_score
+
+    if y.sum() == 0:
+        return None
+    return round(float(average_precision_score(y, s)), 6)
+
+
 def evaluate_bundle(
     model_dir: str | os.PathLike | None,
     data: str | os.PathLike | Sequence[str | os.PathLike],
@@ -249,6 +307,7 @@ def evaluate_bundle(
     split: str = "all",
     val_fraction: float = 0.2,
     short: str | None = None,
+    baseline: bool = False,
 ) -> dict[str, Any]:
     """Scores tfrecords with a bundle and computes :func:`compute_metrics`.
 
@@ -263,10 +322,17 @@ def evaluate_bundle(
       val_fraction: the grouped split's validation share.
       short: ``skip`` or ``pad`` short clips (default: what the bundle was
         trained with, so its recorded validation metrics reproduce).
+      baseline: also fit :func:`baseline_scores` on the grouped training side
+        and report its per-class AP next to the bundle's (``split="val"`` only).
 
     Returns:
-      The metrics dict plus ``model``, ``data``, ``split``, ``ingest``.
+      The metrics dict plus ``model``, ``data``, ``split``, ``ingest``; with
+      four classes of the default set among others, ``four_class_mAP``; with
+      ``baseline``, ``baseline`` and ``ap_over_baseline``.
     """
+    if baseline and split != "val":
+        raise ValueError("--baseline is fitted on the grouped training side and scored on the validation side: "
+                         "use it with --split val")
     from pipeline.classifier import load_classifier
     from pipeline.labels import ClassMap
     from train import data as data_mod
@@ -276,12 +342,19 @@ def evaluate_bundle(
     if short is None:
         short = ((clf.metadata.get("training") or {}).get("hyperparameters") or {}).get("short", "skip")
     clips, stats = data_mod.load_clips(data, short=short, num_labels=params.AUDIOSET_NUM_LABELS)
+    train_side = None
     if split != "all":
         tr, va = data_mod.grouped_split(clips.video_id, val_fraction)
+        train_side = clips.subset(tr)
         clips = clips.subset(va if split == "val" else tr)
     y = clips.targets(class_map)
     scores = np.concatenate([clf.predict(clips.x[i : i + 4096]) for i in range(0, max(len(clips), 1), 4096)]) if len(clips) else np.zeros((0, len(clf.classes)), np.float32)
     result = compute_metrics(y, scores, clf.thresholds, clf.classes) if len(clips) else {"counts": {"clips": 0}}
+    four = [c for c in params.CLASS_NAMES if c in clf.classes]
+    if len(clips) and len(four) == len(params.CLASS_NAMES) and len(clf.classes) > len(four):
+        result["four_class_mAP"] = round(float(np.mean([result["per_class"][c]["ap"] for c in four])), 6)
+    if baseline and len(clips):
+        _with_baseline(result, train_side, train_side.targets(class_map), clips, y, clf.classes)
     result.update(
         {
             "model": f"{clf.name}@{clf.version}",

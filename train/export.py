@@ -269,4 +269,5 @@ def export_run(
     return write_bundle(
         out_dir, model, class_map, thresholds, metrics, training,
         name=name, version=version, seconds_model=sec, parity_inputs=parity, seconds_info=seconds_info,
+        extra={"class_set": info["class_set"]} if info.get("class_set") else None,
     )

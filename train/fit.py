@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import params
+from pipeline.classset import SHIPPED_DIR, load_class_set
 from pipeline.labels import ClassMap, build_class_map, find_audioset_metadata
 from train import data as data_mod
 from train import evaluate as ev
@@ -44,6 +45,8 @@ class FitConfig:
     """The run directory to write."""
     model: str = "attention_mil"
     """One of ``models.MODEL_NAMES`` (its recipe in ``models.RECIPES`` says how it trains)."""
+    classes: str = ""
+    """A class-set TOML file or a shipped set's name (``home``); empty: the four classes."""
     labels_csv: str | None = None
     """``class_labels_indices.csv``; found near the data when omitted."""
     ontology: str | None = None
@@ -175,6 +178,16 @@ class Prepared:
     frames_val: npt.NDArray[np.int32] | None = None
 
 
+def _class_set_info(cfg: FitConfig) -> dict[str, str]:
+    """What the bundle records of its class set: its name and the file it came from."""
+    if not cfg.classes:
+        return {"name": "four", "file": "(built in: pipeline.labels.CLASS_MIDS)"}
+    cs = load_class_set(cfg.classes)
+    path = Path(cs.path).resolve()
+    shipped = path.parent == SHIPPED_DIR
+    return {"name": cs.name, "file": f"pipeline/classsets/{path.name}" if shipped else str(path)}
+
+
 def resolve_class_map(cfg: FitConfig) -> ClassMap:
     """The class map from the config's label files (or those near the data)."""
     csv_path, onto = (cfg.labels_csv, cfg.ontology)
@@ -182,6 +195,8 @@ def resolve_class_map(cfg: FitConfig) -> ClassMap:
         found_csv, found_onto = find_audioset_metadata(data_mod.list_files(cfg.data)[0])
         csv_path = csv_path or str(found_csv)
         onto = onto or (str(found_onto) if found_onto else None)
+    if cfg.classes:
+        return load_class_set(cfg.classes).class_map(csv_path, onto, cfg.mapping)
     return build_class_map(csv_path, onto, cfg.mapping)
 
 
@@ -740,6 +755,7 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         "data": prep.summary,
         "class_map": class_map.to_metadata(),
         "label_mapping": class_map.mapping,
+        "class_set": _class_set_info(cfg),
         "best_epochs": best_epochs,
         "members": member_info,
         "per_second": seconds_info,

@@ -204,6 +204,10 @@ def _pct(x: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(x, q)), 3) if len(x) else None
 
 
+SHOWN_WITHIN_S = 2.0
+"""An urgent caption (an alarm) must be on the wall this soon after its sound starts."""
+
+
 def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Sequence[str]) -> dict[str, Any]:
     """Segment F1, event delays, misses and false alarms of captions against the ground truth.
 
@@ -229,7 +233,7 @@ def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Seq
     gone_all: list[float] = []
     for k, name in enumerate(classes):
         caps = [cp for cp in captions if cp.cls == k]
-        starts, ends, missed = [], [], 0
+        starts, ends, missed, shown = [], [], 0, []
         gt = _runs(t[:, k])
         for a, b in gt:
             over = [cp for cp in caps if cp.start < b and cp.end > a]
@@ -240,7 +244,8 @@ def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Seq
             starts.append((first.start - a) * STEP)
             ends.append((last.end - b) * STEP)
             if first.shown is not None and last.gone is not None:
-                shown_all.append((first.shown - a) * STEP)
+                shown.append((first.shown - a) * STEP)
+                shown_all.append(shown[-1])
                 gone_all.append((last.gone - b) * STEP)
         fa = sum(1 for cp in caps if not t[max(int(np.floor(cp.start)), 0):int(np.ceil(cp.end)), k].any())
         per_class[name] = {
@@ -251,6 +256,12 @@ def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Seq
             "captions": len(caps), "false_alarms": fa,
             "false_alarm_share": round(fa / len(caps), 4) if caps else None,
         }
+        if shown:
+            per_class[name].update({
+                "shown_after_sound_start_p50": _pct(shown, 50), "shown_after_sound_start_p90": _pct(shown, 90),
+                # Missed events count as not shown in time.
+                f"shown_within_{SHOWN_WITHIN_S:g}s": round(sum(d <= SHOWN_WITHIN_S + 1e-6 for d in shown) / len(gt), 4),
+            })
         starts_all += starts
         ends_all += ends
         missed_all += missed
