@@ -193,6 +193,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         model=models.model_id,
         classes=models.classes,
         captions=tracker.caption_texts(),
+        urgent=tracker.urgent_classes(),
     )
     try:
         sinks = make_sinks(config, ctx)

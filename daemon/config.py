@@ -303,10 +303,6 @@ def _coerce_table(name: str, value: Any, meta: Mapping[str, Any], where: str) ->
         raise ConfigError(f"{where}: expected a table of class = value, got {_type_name(value)}")
     out: dict[str, Any] = {}
     for cls, v in value.items():
-        if cls not in params.CLASS_NAMES:
-            raise ConfigError(
-                f"{where}.{cls}: unknown class (expected one of {', '.join(params.CLASS_NAMES)})"
-            )
         if name == "captions":
             if not isinstance(v, str) or not v.strip():
                 raise ConfigError(f"{where}.{cls}: expected a non-empty string, got {v!r}")
@@ -448,6 +444,7 @@ def load_config(
     if ev.off_ratio == 0:  # every caption would stay on for ever
         raise ConfigError(f"{origins['events'].get('off_ratio', '?')}: [events] off_ratio = 0 would never end "
                           "a caption (expected a ratio above 0, at most 1)")
+    _check_class_names(ev, built["model"], origins["events"])
     for cls, off in ev.off_thresholds.items():
         on = ev.thresholds.get(cls)
         if on is not None and off > on:
@@ -456,6 +453,35 @@ def load_config(
                 f"is above the on threshold {on}"
             )
     return Config(daemon=daemon, mic=mic, model=built["model"], events=ev, mqtt=mqtt, path=file_label)
+
+
+def _bundle_classes(model: ModelConfig) -> tuple[str, str] | tuple[tuple[str, ...], str]:
+    """The class names of the bundle ``[model] classifier`` names (its metadata only,
+    nothing loaded), and how to name it; no names if it cannot be read (loading it
+    will then say why)."""
+    try:
+        from pipeline.classifier import read_metadata, resolve_bundle
+
+        path = resolve_bundle(model.classifier or None)
+        meta = read_metadata(path)
+    except Exception:  # noqa: BLE001 - reported when the models load
+        return (), model.classifier or "the bundled model"
+    return tuple(meta["_class_names"]), f"{meta.get('name')}@{meta.get('version')}"
+
+
+def _check_class_names(ev: EventsConfig, model: ModelConfig, origins: Mapping[str, str]) -> None:
+    """Per-class ``[events]`` keys must name classes of the classifier in use."""
+    tables = {k: getattr(ev, k) for k in ("thresholds", "off_thresholds", "captions") if getattr(ev, k)}
+    if not tables:
+        return
+    classes, bundle = _bundle_classes(model)
+    if not classes:
+        return
+    for key, table in tables.items():
+        for cls in table:
+            if cls not in classes:
+                raise ConfigError(f"{origins.get(key, '?')}: [events] {key}.{cls}: unknown class (the classifier "
+                                  f"{bundle} has {', '.join(classes)})")
 
 
 def _check_tls_files(mqtt: MqttConfig, origins: Mapping[str, str]) -> None:

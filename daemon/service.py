@@ -228,7 +228,7 @@ class Service:
             if isinstance(out, WindowScores):
                 self.counts["windows"] += 1
                 for sink in self.sinks:
-                    self._call(sink, "on_scores", out.t_start, out.t_end, out.scores, out.origin)
+                    self._call(sink, "on_scores", out.t_start, out.t_end, out.scores, out.origin, out.level_dbfs)
             elif isinstance(out, CaptionEvent):
                 self.counts["events"] += 1
                 _LOGGER.debug("%s %s %s (score %.2f)", out.type, out.caption, captions.iso_utc(

@@ -22,6 +22,7 @@ class SinkContext:
       model: ``name@version`` of the classifier.
       classes: class names in score order.
       captions: class -> caption text.
+      urgent: the classes whose captions are urgent (alarms, the door).
     """
 
     node: str
@@ -29,6 +30,7 @@ class SinkContext:
     model: str
     classes: tuple[str, ...]
     captions: dict[str, str]
+    urgent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ class Sink(Protocol):
     def start(self) -> None:
         """Connects/opens; must not block on a remote peer."""
 
-    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float) -> None:
-        """One window's scores (worker thread); must return at once."""
+    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float,
+                  level_dbfs: float | None = None) -> None:
+        """One window's scores and its audio level (worker thread); must return at once."""
 
     def on_event(self, event: CaptionEvent) -> None:
         """One caption edge (worker thread); must return at once and never lose it silently."""

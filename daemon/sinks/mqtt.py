@@ -6,10 +6,17 @@ Topics (``<base>`` = ``<prefix>/<node>``):
   last will, so it also appears when the daemon dies.
 * ``<base>/events``: caption events (JSON), QoS 1, not retained.
 * ``<base>/scores``: one JSON per window, QoS 0 (skipped while disconnected).
-* ``<base>/state/<Class>``: ``ON``/``OFF``, retained, QoS 1.
+* ``<base>/onsets``: one JSON per caption start, ``{"event_type": <Class>, …}``,
+  QoS 1, not retained: what Home Assistant's event entity listens to.
+* ``<base>/state/<Class>``: ``ON``/``OFF``, retained, QoS 1 (``<Class>`` with
+  anything but letters, digits, ``_`` and ``-`` replaced by ``_``).
 * ``<base>/metrics``: health JSON every 30 s, QoS 0.
-* ``<discovery_prefix>/binary_sensor/<node>_<class>/config``: Home Assistant
-  discovery, retained, re-sent when ``<discovery_prefix>/status`` says ``online``.
+* Home Assistant discovery, retained, re-sent when ``<discovery_prefix>/status``
+  says ``online``: ``<discovery_prefix>/binary_sensor/<node>_<class>/config``
+  per class, ``<discovery_prefix>/event/<node>_sounds/config`` (an event entity
+  whose ``event_types`` are the class names, fired on every caption start) and,
+  with ``scores`` on, ``<discovery_prefix>/sensor/<node>_level/config`` (the
+  sound level in dBFS from the scores topic).
 
 Delivery. paho's network thread (``loop_start``) owns the socket and reconnects
 with back-off, also when the broker is down at start-up. QoS 1 messages wait
@@ -39,6 +46,7 @@ import json
 import logging
 import os
 import socket
+import re
 import ssl
 import sys
 import threading
@@ -57,6 +65,17 @@ from pipeline import captions, params
 from pipeline.events import CaptionEvent
 
 _LOGGER = logging.getLogger(__name__)
+
+def topic_name(name: str) -> str:
+    """A class name as one MQTT topic level: ``Doorbell or knock`` -> ``Doorbell_or_knock``
+    (the four default classes are unchanged)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "class"
+
+
+def object_id(node: str, name: str) -> str:
+    """A Home Assistant object id (letters, digits, ``_``, ``-``): ``<node>_<class>`` in lower case."""
+    return f"{topic_name(node)}_{topic_name(name)}".lower()
+
 
 SPOOL_NAME = "mqtt-spool.jsonl"
 """Under systemd, the journal is ``$STATE_DIRECTORY/mqtt-spool.jsonl``."""
@@ -106,6 +125,7 @@ class MqttSink:
         self.failed = False
         self.base = f"{config.prefix}/{ctx.node}"
         self.status_topic = f"{self.base}/status"
+        self.onsets_topic = f"{self.base}/onsets"
         self._lock = threading.Condition()
         self._unacked: dict[int, _Msg] = {}  # mid -> message, in publish order
         self.spool_path = spool_path(config)
@@ -308,7 +328,7 @@ class MqttSink:
     # --- publishing ------------------------------------------------------------------------------
 
     def _state_topic(self, name: str) -> str:
-        return f"{self.base}/state/{name}"
+        return f"{self.base}/state/{topic_name(name)}"
 
     def _publish(self, topic: str, payload: str, qos: int, retain: bool = False, origin: float = 0.0) -> bool:
         """Publishes one message; QoS 1 ones keep their order across reconnects.
@@ -416,7 +436,8 @@ class MqttSink:
                 self._unacked[info.mid] = msg
         return True
 
-    def _publish_discovery(self) -> None:
+    def discovery_configs(self) -> dict[str, dict[str, Any]]:
+        """Home Assistant discovery: config topic -> config, for every entity of this node."""
         device = {
             "identifiers": [f"audiocap_{self.ctx.node}"],
             "name": f"audiocap {self.ctx.node}",
@@ -424,32 +445,68 @@ class MqttSink:
             "model": self.ctx.model,
             "sw_version": _VERSION,
         }
+        common = {
+            "availability_topic": self.status_topic,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": device,
+        }
+        dp = self.config.discovery_prefix
+        out: dict[str, dict[str, Any]] = {}
         for name in self.ctx.classes:
-            object_id = f"{self.ctx.node}_{name.lower()}"
-            payload = {
+            oid = object_id(self.ctx.node, name)
+            out[f"{dp}/binary_sensor/{oid}/config"] = {
                 "name": self.ctx.captions.get(name, name).strip("[]") or name,
-                "unique_id": f"audiocap_{object_id}",
-                "object_id": f"audiocap_{object_id}",
+                "unique_id": f"audiocap_{oid}",
+                "object_id": f"audiocap_{oid}",
                 "state_topic": self._state_topic(name),
                 "payload_on": "ON",
                 "payload_off": "OFF",
-                "availability_topic": self.status_topic,
-                "payload_available": "online",
-                "payload_not_available": "offline",
                 "device_class": "sound",
-                "device": device,
+                **({"icon": "mdi:alarm-light"} if name in self.ctx.urgent else {}),
+                **common,
             }
-            topic = f"{self.config.discovery_prefix}/binary_sensor/{object_id}/config"
+        oid = object_id(self.ctx.node, "sounds")
+        out[f"{dp}/event/{oid}/config"] = {
+            "name": "Sound started",
+            "unique_id": f"audiocap_{oid}",
+            "object_id": f"audiocap_{oid}",
+            "state_topic": self.onsets_topic,
+            "event_types": list(self.ctx.classes),
+            "icon": "mdi:ear-hearing",
+            **common,
+        }
+        if self.config.scores:
+            oid = object_id(self.ctx.node, "level")
+            out[f"{dp}/sensor/{oid}/config"] = {
+                "name": "Sound level",
+                "unique_id": f"audiocap_{oid}",
+                "object_id": f"audiocap_{oid}",
+                "state_topic": f"{self.base}/scores",
+                # null (a replay of embeddings has no audio) renders "None": the state becomes unknown.
+                "value_template": "{{ value_json.level_dbfs }}",
+                "unit_of_measurement": "dBFS",
+                "state_class": "measurement",
+                "suggested_display_precision": 0,
+                "icon": "mdi:volume-high",
+                **common,
+            }
+        return out
+
+    def _publish_discovery(self) -> None:
+        for topic, payload in self.discovery_configs().items():
             self._publish(topic, captions.dumps(payload), qos=1, retain=True)
 
-    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float) -> None:
-        """Publishes the window's scores (QoS 0; skipped while disconnected)."""
+    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float,
+                  level_dbfs: float | None = None) -> None:
+        """Publishes the window's scores and level (QoS 0; skipped while disconnected)."""
         if not self.config.scores:
             return
         if not self._connected:
             self.counters["scores_skipped"] += 1
             return
-        payload = captions.scores_payload(t_start, t_end, self.ctx.classes, scores, self.ctx.node, self.ctx.model)
+        payload = captions.scores_payload(t_start, t_end, self.ctx.classes, scores, self.ctx.node, self.ctx.model,
+                                          level_dbfs)
         self._publish(f"{self.base}/scores", captions.dumps(payload), qos=0)
 
     def on_event(self, event: CaptionEvent) -> None:
@@ -458,11 +515,12 @@ class MqttSink:
         Returns at once (a journal append is one ``write(2)``); delivery is the
         pump's. A caption whose ``start`` does not fit is refused whole.
         """
-        payload = captions.dumps(captions.event_payload(event, self.ctx.node, self.ctx.source, self.ctx.model))
+        body = captions.event_payload(event, self.ctx.node, self.ctx.source, self.ctx.model)
+        payload = captions.dumps(body)
         on = event.type == "start"
         events_topic = f"{self.base}/events"
         with self._lock:
-            if on and self._room() < 2:
+            if on and self._room() < 3:
                 self._refused.add(event.event_id)
                 self._count_drop(events_topic, 2)
                 return
@@ -475,6 +533,8 @@ class MqttSink:
             entry = self._journaled(events_topic, payload, False, event.origin)
             self._state[event.label] = on
             self._journaled(self._state_topic(event.label), "ON" if on else "OFF", True, 0.0)
+            if on:
+                self._journaled(self.onsets_topic, captions.dumps(onset_payload(body)), False, 0.0)
             if self.journal is not None:
                 if on and entry is not None:
                     self._open_starts[event.event_id] = entry
@@ -617,7 +677,7 @@ class MqttSink:
         ev = dict(ev, type="end", end=captions.iso_utc(max(last_write, t_start)), interrupted=True)
         base = start.topic[: -len("events")]
         self._journaled(start.topic, captions.dumps(ev), False, 0.0)
-        self._journaled(f"{base}state/{ev.get('label', '')}", "OFF", True, 0.0)
+        self._journaled(f"{base}state/{topic_name(str(ev.get('label', '')))}", "OFF", True, 0.0)
         self.journal.release([start.seq])  # type: ignore[union-attr]
 
     def latencies(self) -> list[float]:
@@ -643,6 +703,13 @@ class MqttSink:
             extra={**{k: v for k, v in self.counters.items() if k not in ("acked", "dropped")},
                    **{f"journal_{k}": v for k, v in journal.items()}},
         )
+
+
+def onset_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """The ``onsets`` message of a caption start: Home Assistant's event entity
+    fires ``event_type`` and keeps the other keys as the event's attributes."""
+    keys = ("event_id", "caption", "urgent", "score", "start", "level_dbfs", "node", "source")
+    return {"event_type": event["label"], **{k: event.get(k) for k in keys}}
 
 
 def spool_path(config: MqttConfig) -> Path | None:

@@ -36,7 +36,8 @@ class StdoutSink:
     def start(self) -> None:
         """Nothing to open."""
 
-    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float) -> None:
+    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float,
+                  level_dbfs: float | None = None) -> None:
         """Scores are not written to stdout (captions only)."""
 
     def on_event(self, event: CaptionEvent) -> None:

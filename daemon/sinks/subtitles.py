@@ -66,7 +66,8 @@ class SubtitleSink:
         if self._origin is None:
             self._origin = t
 
-    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float) -> None:
+    def on_scores(self, t_start: float, t_end: float, scores: Any, origin: float,
+                  level_dbfs: float | None = None) -> None:
         """Only used to learn the origin if it was not set."""
         self.set_origin(t_start)
 

@@ -42,7 +42,8 @@ def test_topics_status_state_discovery_and_offline(mosquitto, subscriber_factory
     sink = MqttSink(_cfg(mosquitto.port), _ctx())
     sink.start()
     try:
-        assert sub.wait_for(lambda m: len([x for x in m if x[0].endswith("/config")]) == 4, 10)
+        # A binary sensor per class, the event entity and the level sensor.
+        assert sub.wait_for(lambda m: len([x for x in m if x[0].endswith("/config")]) == 6, 10)
         assert sub.payloads("audiocap/testnode/status") == [b"online"]
         disc = json.loads(sub.payloads("homeassistant/binary_sensor/testnode_music/config")[0])
         assert disc["state_topic"] == "audiocap/testnode/state/Music"
@@ -50,7 +51,7 @@ def test_topics_status_state_discovery_and_offline(mosquitto, subscriber_factory
         assert disc["unique_id"] == "audiocap_testnode_music"
         for ev in _events(2):
             sink.on_event(ev)
-        sink.on_scores(1.0, 1.96, [0.1, 0.2, 0.3, 0.4], time.time())
+        sink.on_scores(1.0, 1.96, [0.1, 0.2, 0.3, 0.4], time.time(), -23.45)
         assert sink.drain(5)
         assert sub.wait_for(lambda m: len([x for x in m if x[0].endswith("/events")]) == 4, 5)
         evs = sub.events()
@@ -60,11 +61,17 @@ def test_topics_status_state_discovery_and_offline(mosquitto, subscriber_factory
         assert sub.wait_for(lambda m: any(t.endswith("/scores") for t, _, _ in m), 5)
         scores = json.loads(sub.payloads("/scores")[0])
         assert scores["scores"] == {"Speech": 0.1, "Animal": 0.2, "Music": 0.3, "Vehicle": 0.4}
+        assert scores["level_dbfs"] == -23.4 or scores["level_dbfs"] == -23.5  # rounded to 0.1 dB
+        # Each caption start also goes to the event entity's topic, as an event_type.
+        assert sub.wait_for(lambda m: len([x for x in m if x[0].endswith("/onsets")]) == 2, 5)
+        onsets = [json.loads(p) for p in sub.payloads("/onsets")]
+        assert [(o["event_type"], o["event_id"], o["urgent"]) for o in onsets] == [("Speech", "e0", False),
+                                                                                   ("Animal", "e1", False)]
         assert sub.payloads("/state/Speech")[-1] == b"OFF"
         # Home Assistant restarts: discovery is sent again.
         n_before = len(sub.payloads("/config"))
         sub.client.publish("homeassistant/status", "online", qos=1)
-        assert sub.wait_for(lambda m: len([x for x in m if x[0].endswith("/config")]) >= n_before + 4, 5)
+        assert sub.wait_for(lambda m: len([x for x in m if x[0].endswith("/config")]) >= n_before + 6, 5)
         assert sink.latencies() and all(0 <= x < 5 for x in sink.latencies())
     finally:
         sink.close()
@@ -83,7 +90,7 @@ def test_broker_down_at_start_queues_in_order(tmp_path, subscriber_factory):
     events = _events(30)
     for ev in events:
         sink.on_event(ev)
-    assert not sink.connected and sink.queue_depth() == 120  # events + states
+    assert not sink.connected and sink.queue_depth() == 150  # events + states + onsets
     broker.start()
     try:
         sub = subscriber_factory(broker.port, ["audiocap/late/events"])
@@ -137,10 +144,11 @@ def test_full_queue_drops_are_whole_captions(tmp_path):
         for ev in _events(10):
             sink.on_event(ev)
         st = sink.stats()
-        # e0..e2 fit (the end of a kept start always does: 12), e3..e9 are refused whole.
-        assert st.queued == 12 and st.dropped == 28
+        # A start is 3 messages (event, state, onset), an end 2: e0 and e1 fit (10),
+        # e2..e9 are refused whole (4 caption messages each).
+        assert st.queued == 10 and st.dropped == 32
         held = [(m.topic.rsplit("/", 1)[1], m.payload) for m in sink._held]
-        assert held[-2:] == [("events", held[-2][1]), ("Music", "OFF")]
+        assert held[-2:] == [("events", held[-2][1]), ("Animal", "OFF")]
     finally:
         sink.close()
 
@@ -181,12 +189,12 @@ def test_undelivered_captions_are_journaled_and_resent_first(tmp_path, subscribe
     events = _events(3)
     for ev in events:
         first.on_event(ev)
-    # Journaled as they were made, not at exit.
-    assert len(spool.read_text().splitlines()) == 12
+    # Journaled as they were made, not at exit (3 starts x 3 messages, 3 ends x 2).
+    assert len(spool.read_text().splitlines()) == 15
     assert not first.drain(0.2)
     first.close()
     lines = spool.read_text().splitlines()
-    assert len(lines) == 12 and json.loads(lines[0])["topic"] == "audiocap/spool/events"
+    assert len(lines) == 15 and json.loads(lines[0])["topic"] == "audiocap/spool/events"
     broker.start()
     try:
         sub = subscriber_factory(broker.port, ["audiocap/spool/events"])
