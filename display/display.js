@@ -80,6 +80,22 @@
       ["circle", { cx: 14, cy: 34, r: 5 }],
       ["circle", { cx: 35, cy: 34, r: 5 }],
     ],
+    Alarm: [
+      ["path", { d: "M24 5a3 3 0 0 1 3 3v1.6c5.8 1.4 10 6.8 10 13.2v8.2l4 5H7l4-5v-8.2c0-6.4 4.2-11.8 10-13.2V8a3 3 0 0 1 3-3z" }],
+      ["circle", { cx: 24, cy: 41.5, r: 3.5 }],
+    ],
+    "Doorbell or knock": [
+      ["path", { d: "M11 44V6a2 2 0 0 1 2-2h22a2 2 0 0 1 2 2v38M6 44h36", stroke: 1 }],
+      ["circle", { cx: 30, cy: 25, r: 2.6 }],
+    ],
+    "Baby crying": [
+      ["circle", { cx: 24, cy: 26, r: 15, stroke: 1 }],
+      ["path", { d: "M17 21l4 2M31 21l-4 2M24 8c-3-4 2-6 4-3", stroke: 1 }],
+      ["ellipse", { cx: 24, cy: 32, rx: 4.5, ry: 3.5 }],
+    ],
+    "Water running": [
+      ["path", { d: "M24 5S10 21 10 30a14 14 0 0 0 28 0C38 21 24 5 24 5z" }],
+    ],
     _other: [
       ["path", { d: "M8 19v10M16 13v22M24 7v34M32 13v22M40 19v10", stroke: 1 }],
     ],
@@ -118,7 +134,7 @@
   }
 
   function classKey(label) {
-    return SYMBOLS[label] ? label.toLowerCase() : "other";
+    return SYMBOLS[label] ? label.toLowerCase().replace(/[^a-z0-9]+/g, "-") : "other";
   }
 
   // --- Small helpers ----------------------------------------------------------------
@@ -233,6 +249,9 @@
   var bannerTitle = document.getElementById("banner-title");
   var bannerDetail = document.getElementById("banner-detail");
   var nowTitle = document.getElementById("now-title");
+  var alertsBox = document.getElementById("alerts");
+  var alertList = document.getElementById("alert-list");
+  var announceUrgentBox = document.getElementById("announce-urgent");
 
   function nodeId(name) {
     return "node-" + name.replace(/[^A-Za-z0-9_-]/g, "_");
@@ -316,8 +335,10 @@
       if (!card) {
         card = buildCard(n, a);
         ui.cards.set(label, card);
-        ui.captions.appendChild(card);
-        if (a.fresh) flash(card);
+        // Urgent sounds go first.
+        if (a.urgent || urgentLabels[label]) ui.captions.insertBefore(card, ui.captions.firstChild);
+        else ui.captions.appendChild(card);
+        if (a.fresh && !(a.urgent || urgentLabels[label])) flash(card);
       } else {
         updateCard(card, a);
       }
@@ -343,7 +364,7 @@
   }
 
   function buildCard(n, a) {
-    var card = el("li", "caption cls-" + classKey(a.label));
+    var card = el("li", "caption cls-" + classKey(a.label) + (a.urgent || urgentLabels[a.label] ? " urgent" : ""));
     card.setAttribute("data-active-caption", "");
     card.setAttribute("data-label", a.label);
     card.setAttribute("data-node", n.name);
@@ -396,6 +417,14 @@
       row.querySelector(".fill").style.width = pct + "%";
       row.querySelector(".level-value").textContent = pct + " %";
     });
+    // How loud it is, when the device hears audio (a replay of embeddings has none).
+    if (!ui.loudness) {
+      ui.loudness = el("p", "loudness");
+      ui.levels.appendChild(ui.loudness);
+    }
+    var db = Number(n.level);
+    ui.loudness.hidden = n.level === null || n.level === undefined || !isFinite(db);
+    if (!ui.loudness.hidden) ui.loudness.textContent = "Loudness " + Math.round(db) + " dBFS";
   }
 
   // The tab or window title says what is on now, for a glance at a taskbar.
@@ -407,7 +436,12 @@
         if (on.indexOf(words(a.label)) < 0) on.push(words(a.label));
       });
     });
-    document.title = (link.state !== "connected" ? "Not live" : on.length ? on.join(", ") : "Quiet") + " — audiocap";
+    var urgent = [];
+    alerts.forEach(function (al) {
+      if (urgent.indexOf(words(al.label)) < 0) urgent.push(words(al.label));
+    });
+    document.title = (urgent.length ? "ALERT: " + urgent.join(", ") + " — " : "") +
+      (link.state !== "connected" ? "Not live" : on.length ? on.join(", ") : "Quiet") + " — audiocap";
   }
 
   function renderAll() {
@@ -467,6 +501,105 @@
     historyList.textContent = "";
     historyEmpty.hidden = false;
     historyEmpty.textContent = "The list was cleared at " + clock(now()) + ".";
+  }
+
+  // --- Urgent sounds -----------------------------------------------------------------
+  // An urgent caption (the bundle flags alarms, the door, a crying baby) is shown
+  // above everything, large, and flashes and vibrates whatever the gentle-effect
+  // switches say, until someone acknowledges it or the sound ends. The flash is a
+  // slow pulse (one per 1.6 s), far below the three-flashes-a-second limit.
+
+  var urgentLabels = {}; // labels seen with "urgent": true
+  var alerts = new Map(); // node + "\n" + label -> {node, label, id, startMs, item}
+  var buzzTimer = null;
+
+  function alertKey(node, label) {
+    return node + "\n" + label;
+  }
+
+  function raiseAlert(n, a) {
+    var key = alertKey(n.name, a.label);
+    var old = alerts.get(key);
+    if (old && old.id === a.id) return; // a QoS 1 repeat
+    if (old) old.item.remove();
+    var where = nodes.size > 1 || !config.node ? " in " + n.name : "";
+    var item = el("li", "alert cls-" + classKey(a.label));
+    item.setAttribute("data-alert", "");
+    item.setAttribute("data-label", a.label);
+    item.setAttribute("data-node", n.name);
+    if (a.id) item.setAttribute("data-event-id", a.id);
+    var body = el("div", "alert-body");
+    body.appendChild(symbol(a.label));
+    var text = el("p", "alert-text");
+    text.appendChild(el("span", "alert-words", words(a.label)));
+    text.appendChild(el("span", "alert-where", (where ? where.slice(1) + " · " : "") +
+      "since " + clock(a.startMs !== null ? a.startMs : now())));
+    body.appendChild(text);
+    var ack = el("button", "button alert-ack", "Acknowledge");
+    ack.type = "button";
+    ack.setAttribute("aria-label", "Acknowledge " + words(a.label) + where);
+    ack.addEventListener("click", function () {
+      acknowledge(key);
+    });
+    body.appendChild(ack);
+    item.appendChild(body);
+    alertList.insertBefore(item, alertList.firstChild);
+    alerts.set(key, { node: n.name, label: a.label, id: a.id, item: item });
+    announceUrgent("Alert: " + words(a.label) + where + ".");
+    renderAlerts(true);
+  }
+
+  function endAlert(node, label) {
+    var key = alertKey(node, label);
+    var al = alerts.get(key);
+    if (!al) return;
+    al.item.remove();
+    alerts.delete(key);
+    renderAlerts(false);
+  }
+
+  function acknowledge(key) {
+    var al = alerts.get(key);
+    if (!al) return;
+    var next = al.item.nextElementSibling || al.item.previousElementSibling;
+    al.item.remove();
+    alerts.delete(key);
+    announce(words(al.label) + " acknowledged.");
+    renderAlerts(false);
+    // Keep the keyboard where it was: on the next alert, else on the sounds on now.
+    var target = next && next.querySelector(".alert-ack");
+    if (target) target.focus();
+    else document.getElementById("now").focus();
+  }
+
+  function renderAlerts(raised) {
+    alertsBox.hidden = alerts.size === 0;
+    document.body.classList.toggle("alerting", alerts.size > 0);
+    if (alerts.size === 0) {
+      if (buzzTimer !== null) window.clearInterval(buzzTimer);
+      buzzTimer = null;
+      if (navigator.vibrate) {
+        try { navigator.vibrate(0); } catch (e) { /* nothing to stop */ }
+      }
+      return;
+    }
+    if (raised) buzz();
+    if (buzzTimer === null) buzzTimer = window.setInterval(buzz, 8000);
+    renderTitle();
+  }
+
+  function buzz() {
+    if (!navigator.vibrate) return;
+    try {
+      navigator.vibrate([400, 200, 400, 200, 400]);
+    } catch (e) {
+      /* not allowed before the first touch on some browsers */
+    }
+  }
+
+  function announceUrgent(text) {
+    announceUrgentBox.appendChild(el("p", "", text));
+    while (announceUrgentBox.children.length > ANNOUNCE_KEEP) announceUrgentBox.removeChild(announceUrgentBox.firstChild);
   }
 
   function announce(text) {
@@ -661,13 +794,17 @@
     var a = n.active.get(e.label);
     if (e.type === "start") {
       if (a && a.id === e.event_id) return; // a QoS 1 repeat
+      var urgent = e.urgent === true;
+      if (urgent) urgentLabels[e.label] = true;
       n.active.set(e.label, {
         label: e.label, id: e.event_id || "", startIso: e.start, startMs: parseTime(e.start),
-        derived: false, seenMs: now(), fresh: !retained && !a,
+        derived: false, seenMs: now(), fresh: !retained && !a, urgent: urgent,
       });
-      if (!a) announce(words(e.label) + " started" + (nodes.size > 1 ? " in " + name : "") + ".");
+      if (urgent && !retained) raiseAlert(n, n.active.get(e.label));
+      else if (!a) announce(words(e.label) + " started" + (nodes.size > 1 ? " in " + name : "") + ".");
     } else {
       if (a && (!a.id || a.id === e.event_id)) n.active.delete(e.label);
+      endAlert(name, e.label);
       // QoS 1 may deliver an end twice, right after the first: it is in the history already.
       var repeat = history.some(function (h) {
         return h.id === (e.event_id || "") && h.label === e.label && h.start === e.start;
@@ -691,6 +828,7 @@
       }
     } else if (value === "OFF") {
       n.active.delete(label);
+      endAlert(name, label);
     } else {
       return;
     }
@@ -703,6 +841,7 @@
     if (n.state === null) n.state = "online";
     n.scores = s.scores;
     n.scoresT = s.t || "";
+    n.level = typeof s.level_dbfs === "number" ? s.level_dbfs : null;
     if (n.ui) renderLevels(n);
     else renderAll();
   }

@@ -104,8 +104,11 @@ def set_viewport(driver, width: int, height: int, mobile: bool = False) -> None:
 
 def screenshot(driver, name: str) -> Path:
     """Saves runs/display/NAME.png with running animations (the new-caption glow,
-    the level bars' easing) at their end, so the picture shows the settled page."""
-    driver.execute_script("document.getAnimations().forEach(function (a) { a.finish(); });")
+    the level bars' easing) at their end, so the picture shows the settled page
+    (and an urgent pulse at its brightest)."""
+    # An endless animation (the urgent pulse) cannot finish: it is held at its peak instead.
+    driver.execute_script("document.getAnimations().forEach(function (a) {"
+                          " try { a.finish(); } catch (e) { a.pause(); a.currentTime = 800; } });")
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     driver.save_screenshot(str(path))
