@@ -91,6 +91,7 @@ def build_stream(
     min_clips: int = MIN_CLIPS,
     max_clips: int = MAX_CLIPS,
     reuse: bool = False,
+    exhaust: bool = False,
 ) -> Stream:
     """Builds one stream of scenes from a clip set.
 
@@ -104,6 +105,10 @@ def build_stream(
       reuse: draw clips with replacement (training streams of any length);
         otherwise each clip is played at most once and the stream ends as
         soon as one kind has no clips left (so every kind stays equally likely).
+      exhaust: without ``reuse``, go on instead: a kind that runs out drops
+        out and the others go on, until one kind is left (for class sets with
+        rare classes, whose few clips would otherwise end the stream after a
+        few scenes).
 
     Returns:
       The :class:`Stream`.
@@ -132,7 +137,11 @@ def build_stream(
     last: int | None = None
     while max_scenes is None or len(scene_kinds) < max_scenes:
         if not reuse and not all(pools.values()):
-            break
+            if not exhaust:
+                break
+            pools = {k: v for k, v in pools.items() if v}
+            if not pools:
+                break
         choices = [k for k in pools if k != last]
         if not choices:
             break

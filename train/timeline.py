@@ -116,9 +116,19 @@ def timeline_clips(data: Any, class_map: Any, val_fraction: float = 0.2, half: s
     return clips, clips.targets(class_map)
 
 
-def make_stream(clips: Any, y: npt.NDArray, seed: int = 0, max_scenes: int | None = None) -> scenes.Stream:
-    """A timeline stream of these clips, each played at most once."""
-    return scenes.build_stream(clips.x, clips.frames, y, np.random.default_rng(seed), max_scenes=max_scenes)
+def make_stream(clips: Any, y: npt.NDArray, seed: int = 0, max_scenes: int | None = None,
+                exhaust: bool | None = None) -> scenes.Stream:
+    """A timeline stream of these clips, each played at most once.
+
+    With the four default classes the stream ends when one kind of scene runs
+    out (every kind equally likely throughout). A larger class set has rare
+    classes (a knock, a baby), so by default (``exhaust=None``) its streams go
+    on when a kind runs out, until one kind is left.
+    """
+    if exhaust is None:
+        exhaust = np.asarray(y).shape[1] > len(params.CLASS_NAMES)
+    return scenes.build_stream(clips.x, clips.frames, y, np.random.default_rng(seed), max_scenes=max_scenes,
+                               exhaust=exhaust)
 
 
 def clip_runs(stream: scenes.Stream) -> list[tuple[int, int]]:
@@ -369,12 +379,18 @@ def _class_counts(truth: npt.NDArray[np.bool_], caps: list[tuple[int, int]]) -> 
     return tp, fp, fn, len(caps), fa, (float(np.percentile(ends, 90)) if ends else 0.0)
 
 
+NEVER_ON = 1.0
+"""The on threshold of a class the calibration turns off (scores reach 1.0 only when saturated)."""
+
+
 def calibrate(
-    scores: npt.NDArray, truth: npt.NDArray, classes: Sequence[str], max_false_alarms: float | None = MAX_FALSE_ALARMS
+    scores: npt.NDArray, truth: npt.NDArray, classes: Sequence[str], max_false_alarms: float | None = MAX_FALSE_ALARMS,
+    urgent: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Per-class tracker settings that maximise the micro segment F1 of a timeline.
 
-    Every class is tried on a grid of on thresholds (quantiles of its scores),
+    Every class is tried on a grid of on thresholds (quantiles of its scores,
+    and :data:`NEVER_ON`, which turns the class off),
     off/on ratios, minimum durations and holds. Settings whose end-delay p90
     exceeds :data:`TARGET_END_DELAY_P90` are left out. The classes' choices are
     then made together: for a price ``lam`` on false alarms, each class takes
@@ -387,6 +403,9 @@ def calibrate(
       truth: ``[T, C]`` 0/1.
       max_false_alarms: cap on the share of captions that are false alarms
         (``None``: no cap).
+      urgent: classes that must reach the wall at once (an alarm): their
+        minimum duration is one embedding, so a caption is published as soon
+        as its first second (and the look-ahead) has been heard.
 
     Returns:
       ``{"on", "off", "min_duration_s", "hold_s"}``, each class -> value,
@@ -399,10 +418,13 @@ def calibrate(
         s = np.nan_to_num(scores[:, k].astype(np.float64))
         values = s.tolist()
         qs = np.unique(np.round(np.quantile(s, np.linspace(0.5, 0.98, GRID_ON_QUANTILES)), 3))
+        # "Never caption it": for a class the model cannot place on the timeline, silence beats a flood of
+        # false alarms (an urgent class would otherwise alert all day).
+        qs = np.unique(np.r_[qs, NEVER_ON])
         rows = []
         for on in qs:
             for ratio in GRID_OFF_RATIOS:
-                for min_n in GRID_MIN_EMBEDDINGS:
+                for min_n in (GRID_MIN_EMBEDDINGS[:1] if classes[k] in urgent else GRID_MIN_EMBEDDINGS):
                     for hold_n in GRID_HOLD_EMBEDDINGS:
                         setting = (float(on), float(on * ratio), min_n, hold_n)
                         counts = _class_counts(t[:, k], simulate_tracker(values, *setting))
@@ -437,7 +459,8 @@ def calibrate(
         res["per_class"][name] = {"segment_f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "captions": ncap,
                                   "false_alarms": fa, "end_delay_p90": round(end90, 3)}
         _LOGGER.info("calibrated %s: on %.3f off %.3f min %d hold %d embeddings -> F1 %.4f, %d of %d captions "
-                     "false alarms", name, on, off, min_n, hold_n, res["per_class"][name]["segment_f1"], fa, ncap)
+                     "false alarms%s", name, on, off, min_n, hold_n, res["per_class"][name]["segment_f1"], fa, ncap,
+                     " (turned off)" if on >= NEVER_ON else "")
     _LOGGER.info("calibrated timeline: micro F1 %.4f, false-alarm share %.3f (price %.2f)", micro, share, lam)
     return res
 
@@ -625,14 +648,17 @@ def evaluate_timeline(
         cal_streams = [make_stream(cal_clips, cal_y, seed=s) for s in (101, 102)]
         sc = np.concatenate([collect_scores(clf, st, lookahead) for st in cal_streams])
         truth = np.concatenate([st.labels for st in cal_streams])
-        settings = calibrate(sc, truth, classes, max_false_alarms)
+        urgent = [c for c in classes if clf.urgent.get(c)]
+        settings = calibrate(sc, truth, classes, max_false_alarms, urgent=urgent)
         figures = {
             "calibrated_on": (f"caption timeline: 2 streams (seeds 101, 102; {len(truth)} embeddings) of the "
                               f"calibration half of the grouped validation split ({val_fraction:.0%} of bal_train "
                               "by video_id): best micro segment F1"
                               + ("" if max_false_alarms is None else f" with false alarms <= {max_false_alarms:.0%}")
                               + f", end delay p90 <= {TARGET_END_DELAY_P90:g} s per class, minimum duration "
-                              f"<= {max(GRID_MIN_EMBEDDINGS)} and hold <= {max(GRID_HOLD_EMBEDDINGS)} embeddings"),
+                              f"<= {max(GRID_MIN_EMBEDDINGS)} and hold <= {max(GRID_HOLD_EMBEDDINGS)} embeddings"
+                              + (f"; urgent classes ({', '.join(urgent)}) start after "
+                                 f"{GRID_MIN_EMBEDDINGS[0]} embedding" if urgent else "")),
             "timeline": {"calibration": {**settings["timeline"], "per_class": settings["per_class"]}},
         }
         write_tracker(clf.path, settings, lookahead, figures)

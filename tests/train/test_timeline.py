@@ -119,3 +119,19 @@ def test_keras_and_litert_give_identical_captions(report_clips):
         return [(c.cls, c.start, c.end, c.shown, c.gone) for c in caps]
 
     assert len(caps_l) > 5 and edges(caps_k) == edges(caps_l)
+
+
+def test_streams_of_a_large_class_set_go_on_when_a_rare_kind_runs_out():
+    rng = np.random.default_rng(0)
+    y = np.zeros((60, 5), np.uint8)
+    y[:2, 4] = 1  # a rare class: two clips
+    y[2:40, 0] = 1
+    y[40:50, 1] = 1  # the rest: other classes or none
+    x = rng.integers(0, 255, (60, 10, 128), dtype=np.uint8)
+    frames = np.full(60, 10)
+    short = scenes.build_stream(x, frames, y, np.random.default_rng(1))
+    long = scenes.build_stream(x, frames, y, np.random.default_rng(1), exhaust=True)
+    assert len(np.unique(long.clip)) > len(np.unique(short.clip))
+    assert (long.labels[:, 4].sum() == 20) and set(np.unique(long.clip)) >= {0, 1}  # both rare clips played
+    assert all(a != b for a, b in zip(long.kinds[:-1], long.kinds[1:]))  # still no scene follows its own kind
+    assert len(set(long.clip.tolist())) == len(long.clip) // 10  # each clip at most once
