@@ -136,11 +136,15 @@ def build_models(cfg: ModelConfig, need_embedder: bool = True) -> Models:
             postprocessor = Postprocessor(cfg.pca)
         except PCAParamsError as exc:
             raise ModelError(_first_line(exc)) from None
-    if cfg.classifier and not Path(cfg.classifier).is_dir():
-        raise ModelError(
-            f"classifier bundle not found: {cfg.classifier} is not a directory (expected metadata.json, "
-            "model.keras, model.tflite; leave [model] classifier empty for the bundled model)"
-        )
+    if cfg.classifier:  # before VGGish loads: a wrong path fails at once
+        from pipeline.classifier import resolve_bundle, shipped_bundles
+
+        if not resolve_bundle(cfg.classifier).is_dir():
+            raise ModelError(
+                f"classifier bundle not found: {cfg.classifier} is not a directory (expected metadata.json, "
+                f"model.keras, model.tflite) nor a shipped bundle ({', '.join(shipped_bundles())}); leave "
+                "[model] classifier empty for the default bundle"
+            )
     vggish = _load_vggish(cfg) if need_embedder else None
     classifier = _load_classifier(cfg)
     model_id = f"{getattr(classifier, 'name', 'classifier')}@{getattr(classifier, 'version', '0')}"

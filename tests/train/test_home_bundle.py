@@ -1,0 +1,48 @@
+"""The shipped home-alerts bundle: its class set, its validation figures against the pooled
+logistic-regression baseline fitted in the same run, and its two runtimes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import classifier, params
+
+ALERTS = ("Alarm", "Doorbell or knock", "Baby crying", "Water running")
+
+
+@pytest.fixture(scope="module")
+def home():
+    return classifier.load_classifier("audiocap-home", runtime="litert")
+
+
+def test_the_home_bundle_records_its_class_set(home):
+    assert home.classes == (*params.CLASS_NAMES, *ALERTS)
+    assert home.urgent == {**{c: False for c in params.CLASS_NAMES}, "Alarm": True, "Doorbell or knock": True,
+                           "Baby crying": True, "Water running": False}
+    assert home.metadata["class_set"] == {"name": "home", "file": "pipeline/classsets/home.toml"}
+    assert home.has_seconds and home.metadata["tracker"]["scoring"] == "seconds"
+    # The default bundle is unchanged by it.
+    assert classifier.load_classifier().classes == params.CLASS_NAMES
+
+
+def test_home_bundle_figures_reproduce_and_beat_the_baseline(bal_train_dir, home):
+    from train.evaluate import evaluate_bundle
+
+    r = evaluate_bundle("audiocap-home", bal_train_dir, runtime="litert", split="val", baseline=True)
+    assert r["mAP"] == pytest.approx(home.metadata["metrics"]["mAP"], abs=1e-4)
+    assert r["four_class_mAP"] >= 0.74, r["four_class_mAP"]
+    margin = r["ap_over_baseline"]
+    # The issue's target is +0.10 AP over the baseline per alert class: met by these three...
+    for name in ("Alarm", "Doorbell or knock", "Baby crying"):
+        assert margin[name] >= 0.10, (name, margin)
+    # ...while Water running beats the baseline by less (docs/experiments.md says so).
+    assert margin["Water running"] > 0, margin
+
+
+def test_keras_and_litert_agree_on_the_home_bundle(home):
+    pytest.importorskip("tensorflow")
+    keras = classifier.load_classifier("audiocap-home", runtime="keras")
+    x = np.random.default_rng(0).integers(0, 256, (16, 10, 128), dtype=np.uint8)
+    assert np.abs(keras.predict(x) - home.predict(x)).max() < 1e-4
+    assert np.abs(keras.predict_seconds(x) - home.predict_seconds(x)).max() < 1e-4
