@@ -144,3 +144,14 @@ def test_cli_exit_78_and_check_config(tmp_path):
     assert "topsecret" not in r.stdout + r.stderr
     r = dhelpers.run_daemon("--config", str(tmp_path / "missing.toml"), "--check-config", timeout=60)
     assert r.returncode == 78 and "missing.toml" in dhelpers.error_lines(r.stderr)[0]
+
+
+def test_per_class_keys_follow_the_classes_of_the_chosen_bundle(tmp_path):
+    # The home bundle has classes the default does not; each config is checked against its own bundle.
+    p = _write(tmp_path, '[model]\nclassifier = "audiocap-home"\n[events]\nthresholds = { "Doorbell or knock" = 0.3 }\n')
+    assert load_config(p).events.thresholds == {"Doorbell or knock": 0.3}
+    p = _write(tmp_path, '[events]\ncaptions = { Alarm = "[Fire alarm]" }\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert "[events] captions.Alarm: unknown class (the classifier audiocap-4class@0.4 has Speech, Animal, Music, " \
+           "Vehicle)" in str(info.value) and str(p) in str(info.value)
