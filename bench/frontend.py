@@ -81,6 +81,16 @@ def main() -> None:
         rows.append((f"resample {filt} (streaming)", *timed(step, args.runs)))
         rows.append((f"  baseline resampy.resample {filt}", *timed(lambda f=filt: audio.resample(block, rate, 16000, f), args.runs)))
 
+    # The loudness of each 0.96 s (level_dbfs in captions and scores), on the same blocks.
+    meter = audio.LevelMeter(rate)
+    lpos = [0]
+
+    def level_step():
+        meter.add(x[lpos[0] % (8 * n) : lpos[0] % (8 * n) + n])
+        lpos[0] += n
+
+    rows.append(("level meter (dBFS)", *timed(level_step, args.runs)))
+
     x16 = audio.resample(x, rate, 16000)
     span = np.asarray(x16[: params.EXAMPLE_SPAN_SAMPLES], dtype=np.float64)
     rows.append(("log-mel (one example)", *timed(lambda: frontend._example_log_mel(span), args.runs)))
