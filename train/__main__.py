@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="scene-trained models: windows cut from fresh training streams per epoch")
     f.add_argument("--young-share", type=float, default=d.young_share,
                    help="scene-trained models: share of windows where the stream starts inside the window")
+    f.add_argument("--mixed-scenes", dest="mixed_scenes", action=argparse.BooleanOptionalAction, default=d.mixed_scenes,
+                   help="scene-trained models: clips with several classes join the scenes of their rarest class "
+                        "(default: only for class sets beyond the four)")
     f.add_argument("--edge-weight", type=float, default=d.edge_weight,
                    help="scene-trained models: per-second loss weight of the last two positions")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -129,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lookahead", type=float, default=None, help="seconds of look-ahead to calibrate for (0.96)")
     t.add_argument("--max-false-alarms", type=float, default=None,
                    help="calibration: cap on the share of captions that are false alarms (default: none, best F1)")
+    t.add_argument("--urgent-false-alarms-per-hour", type=float, default=None,
+                   help="calibration: most false-alarm captions per hour of stream an urgent class may give "
+                        "(default 2)")
     t.add_argument("--runtime", choices=("auto", "litert", "keras"), default="auto")
     t.add_argument("--write-tfrecords", metavar="DIR",
                    help="also write the stream as tfrecords, to replay it: audiocapd --source replay:DIR")
@@ -152,7 +158,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, strategy=args.strategy,
         select_best=args.select_best, stream=args.stream, verbose=0 if args.quiet else 1,
         lookahead=args.lookahead, scene_windows=args.scene_windows, young_share=args.young_share,
-        edge_weight=args.edge_weight,
+        edge_weight=args.edge_weight, mixed_scenes=args.mixed_scenes,
         extra={"command": " ".join(["audiocap-train", *sys.argv[1:]])},
     )
     run = fit(cfg)
@@ -191,7 +197,9 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
 
     result = evaluate_timeline(args.model, args.data, seed=args.seed, half=args.half, png=args.png,
                                calibrate_bundle=args.calibrate, lookahead_s=args.lookahead, runtime=args.runtime,
-                               write_tfrecords=args.write_tfrecords, max_false_alarms=args.max_false_alarms)
+                               write_tfrecords=args.write_tfrecords, max_false_alarms=args.max_false_alarms,
+                               **({} if args.urgent_false_alarms_per_hour is None else
+                                  {"urgent_max_false_alarms_per_hour": args.urgent_false_alarms_per_hour}))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -100,6 +100,11 @@ class FitConfig:
     young_share: float = 0.1
     """Scene-trained models: share of those windows that are young (the
     stream started inside them; left-padded with the first embedding)."""
+    mixed_scenes: bool | None = None
+    """Scene-trained models: clips with several of the classes join the scenes
+    of their rarest class (``scenes.build_stream(mixed=True)``); ``None``:
+    only for class sets beyond the default four, whose rare classes (a knock,
+    a baby) mostly come with other sounds."""
     edge_weight: float = 2.0
     """Scene-trained models: weight of the per-second loss at the last two
     positions (look-ahead 1 and 0) relative to the others."""
@@ -473,12 +478,22 @@ def train_one(cfg: FitConfig, prep: Prepared, class_map: ClassMap, seed: int, st
     return model, history, (best.best_epoch if best else cfg.epochs)
 
 
+def mixed_scenes(cfg: FitConfig, y: npt.NDArray) -> bool:
+    """Whether this run's scenes are mixed (:attr:`FitConfig.mixed_scenes`, resolved)."""
+    from train import scenes
+
+    return scenes.is_large_class_set(y.shape[1]) if cfg.mixed_scenes is None else bool(cfg.mixed_scenes)
+
+
 def validation_stream(prep: Prepared) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """The per-second validation set: the daemon's rolling windows over one stream.
 
     The stream is ``scenes.build_stream(val_x, val_frames, val_y,
     default_rng(0))`` over the validation side (each clip once), scored as the
     daemon does: the window ending at every embedding, left-padded at the start.
+    For a class set beyond the four it is mixed and exhausted, as the
+    timeline's streams are (otherwise the rarest class would end it after a
+    few scenes).
 
     Returns:
       ``(windows uint8 [T, 10, 128], labels uint8 [T, C])``.
@@ -487,7 +502,8 @@ def validation_stream(prep: Prepared) -> tuple[npt.NDArray[np.uint8], npt.NDArra
 
     if prep.frames_val is None:
         raise ValueError("per-second validation needs the validation clips' frame counts")
-    stream = scenes.build_stream(prep.x_val, prep.frames_val, prep.y_val, np.random.default_rng(0))
+    many = scenes.is_large_class_set(prep.y_val.shape[1])
+    stream = scenes.build_stream(prep.x_val, prep.frames_val, prep.y_val, np.random.default_rng(0), exhaust=many, mixed=many)
     t = len(stream)
     idx = rolling_windows(stream.embeddings, np.zeros(t, np.int64), np.arange(t))
     return stream.embeddings[idx], stream.labels
@@ -527,7 +543,8 @@ def _scene_fit(cfg: FitConfig, model: Any, prep: Prepared, seed: int) -> tuple[A
     best, best_epoch, best_weights = -1.0, -1, None
     for epoch in range(cfg.epochs):
         t0 = time.monotonic()
-        wx, wt = scene_windows(prep.x_train, prep.frames_train, prep.y_train, aux, rng, cfg.scene_windows, cfg.young_share)
+        wx, wt = scene_windows(prep.x_train, prep.frames_train, prep.y_train, aux, rng, cfg.scene_windows, cfg.young_share,
+                               mixed=mixed_scenes(cfg, prep.y_train))
         x = np.concatenate([wx, prep.x_train])
         y = {k: np.concatenate([wt[k], clip_targets[k]]) for k in trained}
         hist = model.fit(x, y, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=cfg.verbose)
@@ -713,14 +730,19 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         except ValueError as exc:  # e.g. every validation clip has several classes
             _LOGGER.warning("no per-second validation: %s", exc)
     if val_stream is not None:
+        from train import scenes as scenes_mod
+
         val_x, val_labels = val_stream
+        val_mixed = scenes_mod.is_large_class_set(prep.y_val.shape[1])
         sec_scores = np.asarray(seconds.predict(val_x, batch_size=1024, verbose=0), np.float32)
         seconds_info = {
             "trained_on": "scenes" if all(models.recipe(n).scenes for n in seconds_names) else "clips",
+            "mixed_scenes": mixed_scenes(cfg, prep.y_val),
             "lookaheads": sorted({0, 1, cfg.lookahead}),
             "selected_for_lookahead": cfg.lookahead if any(models.recipe(n).scenes for n in seconds_names) else None,
             "validation": seconds_validation(sec_scores, val_labels, sorted({0, 1, cfg.lookahead})),
-            "validation_stream": (f"scenes.build_stream over the {len(prep.x_val)} validation clips, "
+            "validation_stream": (f"scenes.build_stream{' (mixed, exhausted)' if val_mixed else ''} over the "
+                                  f"{len(prep.x_val)} validation clips, "
                                   f"default_rng(0): {len(val_labels)} embeddings, scored by the daemon's rolling "
                                   "windows (left-padded at the start); micro F1 over the classes at per-class "
                                   "max-F1 thresholds"),
@@ -804,6 +826,7 @@ def scene_windows(
     rng: np.random.Generator,
     n_windows: int,
     young_share: float = 0.1,
+    mixed: bool = False,
 ) -> tuple[npt.NDArray[np.uint8], dict[str, npt.NDArray[np.float32]]]:
     """Training windows cut from one fresh stream of scenes (``train.scenes``).
 
@@ -824,7 +847,7 @@ def scene_windows(
     # A scene is 2 clips on average, about 19 embeddings: enough scenes that
     # the windows overlap about once per embedding.
     n_scenes = max(4, n_windows // 18)
-    stream = scenes.build_stream(x, frames, y, rng, max_scenes=n_scenes, reuse=True)
+    stream = scenes.build_stream(x, frames, y, rng, max_scenes=n_scenes, reuse=True, mixed=mixed)
     t = len(stream)
     if t < params.WINDOW_EMBEDDINGS:
         raise ValueError(f"a stream of {t} embeddings is shorter than one window")

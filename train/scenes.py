@@ -4,8 +4,12 @@ A *stream* is a sequence of *scenes*. A scene is 1 to 3 consecutive clips of
 one *kind*: clips carrying exactly one of the classes (that class is the
 kind), or clips carrying none of them (kind ``NONE``). Scenes come in random
 order, never two of the same kind in a row, so every scene boundary is a
-change of sound. Clips with two or more of the classes are left out: their
-ground truth per second would be ambiguous.
+change of sound. Clips with two or more of the classes are left out (their
+scene would have no single kind), unless the stream is *mixed*: then such a
+clip joins the scenes of the rarest class it carries, and its embeddings
+carry all its classes. A class set with rare classes needs this: most clips
+of a knock or a crying baby also carry Speech, so without it the rare
+classes barely appear in a stream.
 
 Every embedding of a clip carries that clip's labels: this is the ground truth
 of the caption timeline (``train.timeline``), and the per-second target of the
@@ -64,21 +68,40 @@ class Stream:
         return self.clip[starts]
 
 
-def clip_kinds(y: npt.ArrayLike) -> npt.NDArray[np.int64]:
+MIXED = -2
+"""The kind :func:`clip_kinds` gives a clip with several classes (left out of unmixed streams)."""
+
+
+def is_large_class_set(num_classes: int) -> bool:
+    """True for class sets beyond the default four: their streams are mixed and
+    go on when a kind runs out (``build_stream(mixed=True, exhaust=True)``)."""
+    return num_classes > len(params.CLASS_NAMES)
+
+
+def clip_kinds(y: npt.ArrayLike, mixed: bool = False) -> npt.NDArray[np.int64]:
     """Each clip's scene kind.
 
     Args:
       y: ``[N, C]`` 0/1 class targets.
+      mixed: give a clip with several classes the kind of the rarest of them
+        (the class with the fewest clips in ``y``; ties go to the lower index).
 
     Returns:
       int64 ``[N]``: the class index for clips with exactly one class, ``NONE``
-      for clips with none, ``-2`` for clips with several (not used in scenes).
+      for clips with none; for clips with several, :data:`MIXED` (not used
+      in scenes), or with ``mixed`` their rarest class.
     """
     t = np.asarray(y) > 0
     n = t.sum(axis=1)
-    out = np.where(n == 0, NONE, -2).astype(np.int64)
+    out = np.where(n == 0, NONE, MIXED).astype(np.int64)
     one = n == 1
     out[one] = np.argmax(t[one], axis=1)
+    if mixed:
+        many = n > 1
+        count = t.sum(axis=0).astype(np.float64)
+        # Among each clip's classes, the one with the fewest clips.
+        rarity = np.where(t[many], count[None, :], np.inf)
+        out[many] = np.argmin(rarity, axis=1)
     return out
 
 
@@ -92,6 +115,7 @@ def build_stream(
     max_clips: int = MAX_CLIPS,
     reuse: bool = False,
     exhaust: bool = False,
+    mixed: bool = False,
 ) -> Stream:
     """Builds one stream of scenes from a clip set.
 
@@ -109,6 +133,8 @@ def build_stream(
         out and the others go on, until one kind is left (for class sets with
         rare classes, whose few clips would otherwise end the stream after a
         few scenes).
+      mixed: clips with several classes join the scenes of their rarest
+        class (:func:`clip_kinds`) instead of being left out.
 
     Returns:
       The :class:`Stream`.
@@ -125,11 +151,12 @@ def build_stream(
         raise ValueError(f"frames [N] and y [N, C] must match {x.shape[0]} clips; got {frames.shape} and {y.shape}")
     if not 1 <= min_clips <= max_clips:
         raise ValueError(f"need 1 <= min_clips <= max_clips; got {min_clips}, {max_clips}")
-    kinds = clip_kinds(y)
+    kinds = clip_kinds(y, mixed=mixed)
     pools = {k: list(rng.permutation(np.flatnonzero(kinds == k))) for k in [NONE, *range(y.shape[1])]}
     pools = {k: v for k, v in pools.items() if v}
     if not pools:
-        raise ValueError("no clip carries exactly one class or none of them")
+        raise ValueError("no clip carries exactly one class or none of them"
+                         + ("" if mixed else " (mixed=True would use clips with several)"))
     full = {k: list(v) for k, v in pools.items()}
     order: list[int] = []
     scene_of: list[int] = []
