@@ -14,7 +14,9 @@ Two ways to score, chosen by the tracker (``EventTracker.scoring``):
   the score of embedding ``i - L``: each second is judged with up to ``L``
   seconds of look-ahead and the seconds before it. Captions then follow the
   sound within about ``L`` x 0.96 s. At the end of a stream the last ``L``
-  seconds are scored from the last window.
+  seconds are scored from the last window. The tracker's ``window_classes``
+  (a knock, a crying baby: short sounds the 10-s window model hears best)
+  take the clip score of that same window instead.
 * ``"window"``: the window's clip score is the score of its newest embedding
   (captions lag, since a 10-s window keeps a sound for seconds after it ends).
 """
@@ -132,6 +134,8 @@ class CaptionChain:
         self._last_end: float | None = None
         self._last_origin = 0.0
         self._pending: npt.NDArray[np.float32] | None = None  # per-second scores of the look-ahead tail
+        names = tuple(getattr(tracker, "window_classes", ()) or ()) if self.per_second else ()
+        self._window_cols = np.array([tracker.classes.index(c) for c in names], dtype=np.int64)
         self._newest = -1  # stream index of the newest embedding scored
         self.embeddings = 0
         self.windows = 0
@@ -278,6 +282,10 @@ class CaptionChain:
                 out += self._emit(i, scores, origin)
                 continue
             seconds = np.asarray(self.classifier.predict_seconds(w[None]), dtype=np.float32)[0]
+            if len(self._window_cols):
+                clip = np.asarray(self.classifier.predict(w[None]), dtype=np.float32).reshape(-1)
+                seconds = seconds.copy()
+                seconds[:, self._window_cols] = clip[self._window_cols]
             self._pending = seconds
             if i >= self.lookahead:
                 out += self._emit(i - self.lookahead, seconds[self.window.size - 1 - self.lookahead], origin)

@@ -21,7 +21,9 @@ audio clock.
 
 The tracker also says which scores it was tuned for (``scoring``: the 10-s
 window's clip score, or per-second scores with ``lookahead`` embeddings of
-look-ahead, see :mod:`pipeline.chain`). A bundle calibrated on the caption
+look-ahead, see :mod:`pipeline.chain`; with per-second scoring some classes
+may still take the window's score, ``window_classes``: a knock lasts less
+than a second and the 10-s window model hears it best). A bundle calibrated on the caption
 timeline stores its tracker in ``metadata.json`` (``"tracker"``), and
 :func:`make_tracker` builds it from there, letting the configuration override
 any value.
@@ -126,6 +128,9 @@ class EventTracker:
       scoring: the scores this tracker is tuned for (:data:`SCORING`); the
         caption chain scores accordingly.
       lookahead: with ``"seconds"``, embeddings of look-ahead per score.
+      window_classes: with ``"seconds"``, classes whose score is nevertheless
+        the 10-s window's score (the window ending ``lookahead`` embeddings
+        after the second being judged).
 
     Raises:
       ValueError: for a threshold outside [0, 1], off above on, negative times,
@@ -142,6 +147,7 @@ class EventTracker:
     scoring: str = "window"
     lookahead: int = 0
     urgent: Mapping[str, bool] | None = None
+    window_classes: Sequence[str] = ()
     _states: dict[str, _ClassState] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +169,11 @@ class EventTracker:
         unknown = sorted(set(urgent) - set(self.classes))
         if unknown:
             raise ValueError(f"urgent flags for unknown classes {unknown}; the classes are {list(self.classes)}")
+        unknown = sorted(set(self.window_classes) - set(self.classes))
+        if unknown:
+            raise ValueError(f"window_classes has unknown classes {unknown}; the classes are {list(self.classes)}")
+        wanted = set(self.window_classes)
+        self.window_classes = tuple(c for c in self.classes if c in wanted)  # in score order
         self._states = {}
         for name in self.classes:
             if name not in self.on_thresholds:
@@ -301,6 +312,7 @@ def make_tracker(
     min_duration_s: float | None = None,
     hold_s: float | None = None,
     captions: Mapping[str, str] | None = None,
+    window_classes: Sequence[str] | None = None,
 ) -> EventTracker:
     """The event tracker for a loaded classifier bundle, with optional overrides.
 
@@ -320,6 +332,8 @@ def make_tracker(
       min_duration_s, hold_s: seconds, for every class.
       captions: class -> caption text (default: the bundle's, see
         ``Classifier.captions``). Urgent flags always come from the bundle.
+      window_classes: per-second scoring: classes scored by the 10-s window
+        model instead (default: the calibrated tracker's ``window_classes``).
 
     Raises:
       ValueError: per-second scoring asked of a bundle without a per-second
@@ -364,5 +378,8 @@ def make_tracker(
         lookahead = int(calibrated.get("lookahead", params.EVENT_LOOKAHEAD_EMBEDDINGS))
     texts = {**dict(getattr(classifier, "captions", None) or {}), **dict(captions or {})}
     urgent = {c: bool(u) for c, u in dict(getattr(classifier, "urgent", None) or {}).items() if c in classes}
+    if window_classes is None:
+        window_classes = [c for c in calibrated.get("window_classes") or () if c in classes]
     return EventTracker(classes, on, off, texts, min_duration, hold, scoring=scoring,
-                        lookahead=lookahead if scoring == "seconds" else 0, urgent=urgent)
+                        lookahead=lookahead if scoring == "seconds" else 0, urgent=urgent,
+                        window_classes=tuple(window_classes) if scoring == "seconds" else ())

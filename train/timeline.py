@@ -78,6 +78,14 @@ MAX_FALSE_ALARMS: float | None = None
 """Default of ``calibrate(max_false_alarms=...)``: no cap, the best micro F1 wins (see docs/timeline.md
 for the trade-off measured with a cap)."""
 TARGET_END_DELAY_P90 = 3.0
+URGENT_MAX_FALSE_ALARMS_PER_HOUR = 2.0
+"""Calibration of an urgent class (it flashes the display and may wake a phone): its best F1
+among settings with at most this many false-alarm captions per hour of the calibration
+streams, which are sound from end to end (a home is quieter)."""
+URGENT_ON_QUANTILES = np.linspace(0.5, 0.999, 40)
+"""On thresholds tried for an urgent class: rare sounds need thresholds above the 98th percentile."""
+SOURCES = ("seconds", "window")
+"""Where a class's per-second score comes from: the per-second model, or the 10-s window model."""
 
 
 @dataclass(frozen=True)
@@ -117,18 +125,23 @@ def timeline_clips(data: Any, class_map: Any, val_fraction: float = 0.2, half: s
 
 
 def make_stream(clips: Any, y: npt.NDArray, seed: int = 0, max_scenes: int | None = None,
-                exhaust: bool | None = None) -> scenes.Stream:
+                exhaust: bool | None = None, mixed: bool | None = None) -> scenes.Stream:
     """A timeline stream of these clips, each played at most once.
 
     With the four default classes the stream ends when one kind of scene runs
-    out (every kind equally likely throughout). A larger class set has rare
-    classes (a knock, a baby), so by default (``exhaust=None``) its streams go
-    on when a kind runs out, until one kind is left.
+    out (every kind equally likely throughout), and clips with several of the
+    classes are left out. A larger class set has rare classes (a knock, a
+    baby) that mostly come with other sounds, so by default (``None``) its
+    streams are *mixed* (such clips join the scenes of their rarest class,
+    see :func:`train.scenes.clip_kinds`) and go on when a kind runs out,
+    until one kind is left (``exhaust``).
     """
-    if exhaust is None:
-        exhaust = np.asarray(y).shape[1] > len(params.CLASS_NAMES)
+    many = scenes.is_large_class_set(np.asarray(y).shape[1])
+    exhaust = many if exhaust is None else exhaust
+    mixed = many if mixed is None else mixed
     return scenes.build_stream(clips.x, clips.frames, y, np.random.default_rng(seed), max_scenes=max_scenes,
-                               exhaust=exhaust)
+                               exhaust=exhaust, mixed=mixed)
+
 
 
 def clip_runs(stream: scenes.Stream) -> list[tuple[int, int]]:
@@ -232,6 +245,7 @@ def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Seq
     t = np.asarray(truth) > 0
     n, c = t.shape
     pred = captioned_grid(captions, n, c)
+    hours = n * STEP / 3600.0
     tp, fp, fn = (pred & t).sum(0), (pred & ~t).sum(0), (~pred & t).sum(0)
 
     def f1(a: float, b: float, d: float) -> float | None:
@@ -265,6 +279,7 @@ def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Seq
             "end_delay_p50": _pct(ends, 50), "end_delay_p90": _pct(ends, 90),
             "captions": len(caps), "false_alarms": fa,
             "false_alarm_share": round(fa / len(caps), 4) if caps else None,
+            "false_alarms_per_hour": round(fa / hours, 2) if hours else None,
         }
         if shown:
             per_class[name].update({
@@ -385,12 +400,15 @@ NEVER_ON = 1.0
 
 def calibrate(
     scores: npt.NDArray, truth: npt.NDArray, classes: Sequence[str], max_false_alarms: float | None = MAX_FALSE_ALARMS,
-    urgent: Sequence[str] = (),
+    urgent: Sequence[str] = (), window_scores: npt.NDArray | None = None,
+    urgent_max_false_alarms_per_hour: float = URGENT_MAX_FALSE_ALARMS_PER_HOUR,
+    allow_off: bool = False,
 ) -> dict[str, Any]:
     """Per-class tracker settings that maximise the micro segment F1 of a timeline.
 
-    Every class is tried on a grid of on thresholds (quantiles of its scores,
-    and :data:`NEVER_ON`, which turns the class off),
+    Every class is tried on a grid of on thresholds (quantiles of its scores;
+    with ``allow_off`` also :data:`NEVER_ON`, which turns a class off: no
+    class is silenced by default, since a person chose the bundle for them),
     off/on ratios, minimum durations and holds. Settings whose end-delay p90
     exceeds :data:`TARGET_END_DELAY_P90` are left out. The classes' choices are
     then made together: for a price ``lam`` on false alarms, each class takes
@@ -405,41 +423,72 @@ def calibrate(
         (``None``: no cap).
       urgent: classes that must reach the wall at once (an alarm): their
         minimum duration is one embedding, so a caption is published as soon
-        as its first second (and the look-ahead) has been heard.
+        as its first second (and the look-ahead) has been heard. They are
+        never turned off and are chosen alone, outside the micro F1: the
+        best F1 of the class among settings with at most
+        ``urgent_max_false_alarms_per_hour`` false alarms per hour (if none
+        has, the fewest false alarms), with a finer grid of high thresholds.
+        An alert stays on the display until acknowledged, so their end delay
+        is not bounded.
+      window_scores: float ``[T, C]``, the same stream scored by the 10-s window
+        model as the chain gives it to ``window_classes``; with it, every
+        class also tries that source (its captions lag the sound's end, so
+        the end-delay bound mostly keeps the main classes per second).
 
     Returns:
-      ``{"on", "off", "min_duration_s", "hold_s"}``, each class -> value,
-      ``"per_class"`` with the chosen settings' figures, and ``"timeline"``,
-      the combination's micro F1 and false-alarm share.
+      ``{"on", "off", "min_duration_s", "hold_s", "source"}``, each class ->
+      value, ``"per_class"`` with the chosen settings' figures, and
+      ``"timeline"``, the combination's micro F1 and false-alarm share.
     """
     t = np.asarray(truth) > 0
-    table: list[list[tuple]] = []  # per class: (setting, counts)
+    hours = t.shape[0] * STEP / 3600.0
+    table: list[list[tuple]] = []  # per class: (setting, counts, source)
+    urgent_pick: dict[int, int] = {}
     for k in range(len(classes)):
-        s = np.nan_to_num(scores[:, k].astype(np.float64))
-        values = s.tolist()
-        qs = np.unique(np.round(np.quantile(s, np.linspace(0.5, 0.98, GRID_ON_QUANTILES)), 3))
-        # "Never caption it": for a class the model cannot place on the timeline, silence beats a flood of
-        # false alarms (an urgent class would otherwise alert all day).
-        qs = np.unique(np.r_[qs, NEVER_ON])
+        is_urgent = classes[k] in urgent
+        sources = [("seconds", scores)] + ([("window", window_scores)] if window_scores is not None else [])
         rows = []
-        for on in qs:
-            for ratio in GRID_OFF_RATIOS:
-                for min_n in (GRID_MIN_EMBEDDINGS[:1] if classes[k] in urgent else GRID_MIN_EMBEDDINGS):
-                    for hold_n in GRID_HOLD_EMBEDDINGS:
-                        setting = (float(on), float(on * ratio), min_n, hold_n)
-                        counts = _class_counts(t[:, k], simulate_tracker(values, *setting))
-                        if counts[5] <= TARGET_END_DELAY_P90:
-                            rows.append((setting, counts))
-        if not rows:
-            raise ValueError(f"no tracker setting for {classes[k]} keeps the end delay p90 within "
-                             f"{TARGET_END_DELAY_P90} s")
+        for source, sc in sources:
+            s = np.nan_to_num(sc[:, k].astype(np.float64))
+            values = s.tolist()
+            qs = np.unique(np.round(np.quantile(s, URGENT_ON_QUANTILES if is_urgent
+                                                else np.linspace(0.5, 0.98, GRID_ON_QUANTILES)), 3))
+            # "Never caption it" (only on request): for a class the model cannot place on the timeline, silence
+            # may beat a flood of false alarms. Never for an urgent class.
+            if allow_off and not is_urgent:
+                qs = np.unique(np.r_[qs, NEVER_ON])
+            for on in qs:
+                for ratio in GRID_OFF_RATIOS:
+                    for min_n in (GRID_MIN_EMBEDDINGS[:1] if is_urgent else GRID_MIN_EMBEDDINGS):
+                        for hold_n in GRID_HOLD_EMBEDDINGS:
+                            setting = (float(on), float(on * ratio), min_n, hold_n)
+                            counts = _class_counts(t[:, k], simulate_tracker(values, *setting))
+                            rows.append((setting, counts, source))
+        if not is_urgent:
+            # Within the end-delay bound; a class with no such setting keeps those that end soonest.
+            bound = max(TARGET_END_DELAY_P90, min(r[1][5] for r in rows))
+            if bound > TARGET_END_DELAY_P90:
+                _LOGGER.warning("no tracker setting for %s keeps the end delay p90 within %g s; keeping those "
+                                "within %.2f s", classes[k], TARGET_END_DELAY_P90, bound)
+            rows = [r for r in rows if r[1][5] <= bound]
         table.append(rows)
+        if is_urgent:
+            c = np.array([r[1][:5] for r in rows], np.float64)
+            f1 = 2 * c[:, 0] / np.maximum(2 * c[:, 0] + c[:, 1] + c[:, 2], 1)
+            fires = c[:, 3] > 0
+            within = fires & (c[:, 4] <= urgent_max_false_alarms_per_hour * hours)
+            if within.any():
+                urgent_pick[k] = int(np.argmax(np.where(within, f1, -1.0)))
+            else:  # the fewest false alarms of the settings that caption at all, then the best F1
+                fewest = c[fires, 4].min() if fires.any() else 0.0
+                urgent_pick[k] = int(np.argmax(np.where(fires & (c[:, 4] == fewest), f1, -1.0)))
     arrays = [np.array([r[1][:5] for r in rows], np.float64) for rows in table]  # tp fp fn caps fa
     f1s = [2 * a[:, 0] / np.maximum(2 * a[:, 0] + a[:, 1] + a[:, 2], 1) for a in arrays]
     shares = [a[:, 4] / np.maximum(a[:, 3], 1) for a in arrays]
     best: tuple | None = None
     for lam in np.linspace(0.0, 3.0, 61):
-        pick = [int(np.argmax(f - lam * sh)) for f, sh in zip(f1s, shares)]
+        pick = [urgent_pick[k] if k in urgent_pick else int(np.argmax(f - lam * sh))
+                for k, (f, sh) in enumerate(zip(f1s, shares))]
         tot = sum(a[i] for a, i in zip(arrays, pick))
         micro = 2 * tot[0] / max(2 * tot[0] + tot[1] + tot[2], 1)
         share = tot[4] / max(tot[3], 1)
@@ -449,26 +498,36 @@ def calibrate(
             best = (key, pick, micro, share, float(lam))
     assert best is not None
     _, pick, micro, share, lam = best
-    res: dict[str, Any] = {"on": {}, "off": {}, "min_duration_s": {}, "hold_s": {}, "per_class": {},
+    res: dict[str, Any] = {"on": {}, "off": {}, "min_duration_s": {}, "hold_s": {}, "source": {}, "per_class": {},
                            "timeline": {"segment_f1": round(float(micro), 4), "false_alarm_share": round(float(share), 4),
                                         "false_alarm_price": lam}}
     for k, name in enumerate(classes):
-        (on, off, min_n, hold_n), (tp, fp, fn, ncap, fa, end90) = table[k][pick[k]]
+        (on, off, min_n, hold_n), (tp, fp, fn, ncap, fa, end90), source = table[k][pick[k]]
         res["on"][name], res["off"][name] = round(on, 4), round(off, 4)
+        res["source"][name] = source
         res["min_duration_s"][name], res["hold_s"][name] = round(min_n * STEP, 4), round(hold_n * STEP, 4)
         res["per_class"][name] = {"segment_f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "captions": ncap,
-                                  "false_alarms": fa, "end_delay_p90": round(end90, 3)}
-        _LOGGER.info("calibrated %s: on %.3f off %.3f min %d hold %d embeddings -> F1 %.4f, %d of %d captions "
-                     "false alarms%s", name, on, off, min_n, hold_n, res["per_class"][name]["segment_f1"], fa, ncap,
+                                  "false_alarms": fa, "false_alarms_per_hour": round(fa / max(hours, 1e-9), 2),
+                                  "end_delay_p90": round(end90, 3)}
+        _LOGGER.info("calibrated %s: %s scores, on %.3f off %.3f min %d hold %d embeddings -> F1 %.4f, %d of %d "
+                     "captions false alarms (%.1f per hour)%s", name, source, on, off, min_n, hold_n,
+                     res["per_class"][name]["segment_f1"], fa, ncap, fa / max(hours, 1e-9),
                      " (turned off)" if on >= NEVER_ON else "")
     _LOGGER.info("calibrated timeline: micro F1 %.4f, false-alarm share %.3f (price %.2f)", micro, share, lam)
     return res
 
 
-def collect_scores(classifier: Any, stream: scenes.Stream, lookahead: int) -> npt.NDArray[np.float32]:
-    """The per-second scores the daemon's chain gives each embedding at this look-ahead."""
-    silent = EventTracker(tuple(classifier.classes), {c: 1.0 for c in classifier.classes},
-                          {c: 1.0 for c in classifier.classes}, scoring="seconds", lookahead=lookahead)
+def collect_scores(classifier: Any, stream: scenes.Stream, lookahead: int, source: str = "seconds") -> npt.NDArray[np.float32]:
+    """The per-second scores the daemon's chain gives each embedding at this look-ahead.
+
+    ``source="window"``: the scores it gives classes it takes from the 10-s
+    window model (``EventTracker.window_classes``), for every class.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
+    classes = tuple(classifier.classes)
+    silent = EventTracker(classes, {c: 1.0 for c in classes}, {c: 1.0 for c in classes}, scoring="seconds",
+                          lookahead=lookahead, window_classes=classes if source == "window" else ())
     return run_chain(classifier, silent, stream)[1]
 
 
@@ -484,6 +543,7 @@ def write_tracker(bundle: str | os.PathLike, settings: dict[str, Any], lookahead
         "lookahead": int(lookahead),
         "on": settings["on"], "off": settings["off"],
         "min_duration_s": settings["min_duration_s"], "hold_s": settings["hold_s"],
+        "window_classes": [c for c, src in (settings.get("source") or {}).items() if src == "window"],
         "calibrated_on": figures.get("calibrated_on"),
         "timeline": figures.get("timeline"),
     }
@@ -609,6 +669,7 @@ def evaluate_timeline(
     val_fraction: float = 0.2,
     write_tfrecords: str | os.PathLike | None = None,
     max_false_alarms: float | None = MAX_FALSE_ALARMS,
+    urgent_max_false_alarms_per_hour: float = URGENT_MAX_FALSE_ALARMS_PER_HOUR,
 ) -> dict[str, Any]:
     """Runs the timeline evaluation (and optionally calibrates the bundle's tracker first).
 
@@ -625,6 +686,7 @@ def evaluate_timeline(
       write_tfrecords: also write the stream there as tfrecords (to replay it
         through ``audiocapd``), with ``truth.npz`` beside them.
       max_false_alarms: calibration's cap on the false-alarm share (``None``: none).
+      urgent_max_false_alarms_per_hour: calibration's cap for each urgent class.
 
     Returns:
       One JSON-ready dict: the daemon's default captions, the baselines, stream facts.
@@ -649,7 +711,10 @@ def evaluate_timeline(
         sc = np.concatenate([collect_scores(clf, st, lookahead) for st in cal_streams])
         truth = np.concatenate([st.labels for st in cal_streams])
         urgent = [c for c in classes if clf.urgent.get(c)]
-        settings = calibrate(sc, truth, classes, max_false_alarms, urgent=urgent)
+        win = (np.concatenate([collect_scores(clf, st, lookahead, "window") for st in cal_streams])
+               if scenes.is_large_class_set(len(classes)) else None)
+        settings = calibrate(sc, truth, classes, max_false_alarms, urgent=urgent, window_scores=win,
+                             urgent_max_false_alarms_per_hour=urgent_max_false_alarms_per_hour)
         figures = {
             "calibrated_on": (f"caption timeline: 2 streams (seeds 101, 102; {len(truth)} embeddings) of the "
                               f"calibration half of the grouped validation split ({val_fraction:.0%} of bal_train "
@@ -658,7 +723,10 @@ def evaluate_timeline(
                               + f", end delay p90 <= {TARGET_END_DELAY_P90:g} s per class, minimum duration "
                               f"<= {max(GRID_MIN_EMBEDDINGS)} and hold <= {max(GRID_HOLD_EMBEDDINGS)} embeddings"
                               + (f"; urgent classes ({', '.join(urgent)}) start after "
-                                 f"{GRID_MIN_EMBEDDINGS[0]} embedding" if urgent else "")),
+                                 f"{GRID_MIN_EMBEDDINGS[0]} embedding, are never turned off and take their own "
+                                 f"best F1 with at most {urgent_max_false_alarms_per_hour:g} false alarms per hour"
+                                 if urgent else "")
+                              + ("; every class tried per-second and 10-s window scores" if win is not None else "")),
             "timeline": {"calibration": {**settings["timeline"], "per_class": settings["per_class"]}},
         }
         write_tracker(clf.path, settings, lookahead, figures)

@@ -37,14 +37,14 @@ def _emb(n: int, seed: int = 0) -> np.ndarray:
     return np.clip(walk, 0, 255).astype(np.uint8)
 
 
-def _tracker(clf, lookahead: int) -> EventTracker:
+def _tracker(clf, lookahead: int, window_classes=()) -> EventTracker:
     on = {c: 0.3 for c in clf.classes}
     return EventTracker(clf.classes, on, {c: 0.2 for c in clf.classes}, scoring="seconds", lookahead=lookahead,
-                        new_id=iter(f"e{i}" for i in range(10_000)).__next__)
+                        new_id=iter(f"e{i}" for i in range(10_000)).__next__, window_classes=window_classes)
 
 
-def _run(clf, e, groups, lookahead):
-    chain = CaptionChain(clf, _tracker(clf, lookahead))
+def _run(clf, e, groups, lookahead, window_classes=()):
+    chain = CaptionChain(clf, _tracker(clf, lookahead, window_classes))
     out, i = [], 0
     for g in groups:
         out += chain.feed_embeddings(e[i : i + g], 1e9 + i * STEP, 0.0)
@@ -64,6 +64,24 @@ def test_each_second_is_scored_once_with_its_lookahead(clf, lookahead):
         window = fill_window(e[: newest + 1], pad="edge")
         want = clf.predict_seconds(window[None])[0, params.WINDOW_EMBEDDINGS - 1 - (newest - s.index)]
         np.testing.assert_array_equal(s.scores, want)
+
+
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_window_classes_take_the_clip_score_of_the_same_window(clf, lookahead):
+    e = _emb(17, seed=9)
+    named = (clf.classes[1], clf.classes[3])
+    cols = [1, 3]
+    plain = [o for o in _run(clf, e, [len(e)], lookahead) if isinstance(o, WindowScores)]
+    mixed = [o for o in _run(clf, e, [5, 12], lookahead, window_classes=named) if isinstance(o, WindowScores)]
+    assert [s.index for s in mixed] == list(range(len(e)))
+    others = [c for c in range(len(clf.classes)) if c not in cols]
+    for p, m in zip(plain, mixed):
+        newest = min(m.index + lookahead, len(e) - 1)
+        window = fill_window(e[: newest + 1], pad="edge")
+        np.testing.assert_array_equal(m.scores[cols], clf.predict(window[None])[0, cols])
+        np.testing.assert_array_equal(m.scores[others], p.scores[others])
+    with pytest.raises(ValueError, match="unknown classes"):
+        _tracker(clf, 1, window_classes=("Doorbell",))
 
 
 @pytest.mark.parametrize("groups", [[1] * 31, [4, 9, 1, 17], [31]])

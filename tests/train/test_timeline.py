@@ -135,3 +135,69 @@ def test_streams_of_a_large_class_set_go_on_when_a_rare_kind_runs_out():
     assert (long.labels[:, 4].sum() == 20) and set(np.unique(long.clip)) >= {0, 1}  # both rare clips played
     assert all(a != b for a, b in zip(long.kinds[:-1], long.kinds[1:]))  # still no scene follows its own kind
     assert len(set(long.clip.tolist())) == len(long.clip) // 10  # each clip at most once
+
+
+def test_mixed_streams_play_clips_with_several_classes_in_their_rarest_class_scenes():
+    rng = np.random.default_rng(0)
+    y = np.zeros((80, 3), np.uint8)
+    y[:40, 0] = 1  # a common class
+    y[40:50, 1] = 1
+    y[50:56, 2] = 1  # a rare class ...
+    y[56:62, [0, 2]] = 1  # ... mostly heard with the common one
+    y[62:66, [0, 1]] = 1
+    kinds = scenes.clip_kinds(y, mixed=True)
+    assert (kinds[56:62] == 2).all() and (kinds[62:66] == 1).all()
+    assert (scenes.clip_kinds(y)[56:66] == scenes.MIXED).all()
+    x = rng.integers(0, 255, (80, 10, 128), dtype=np.uint8)
+    frames = np.full(80, 10)
+    plain = scenes.build_stream(x, frames, y, np.random.default_rng(1), exhaust=True)
+    mixed = scenes.build_stream(x, frames, y, np.random.default_rng(1), exhaust=True, mixed=True)
+    assert not set(plain.clip.tolist()) & set(range(56, 66))
+    assert set(range(56, 66)) <= set(mixed.clip.tolist())
+    # Every embedding carries all its clip's classes.
+    assert (mixed.labels == y[mixed.clip]).all()
+    assert mixed.labels[:, 2].sum() == 12 * 10
+    # The timeline's streams of a class set beyond the four are mixed by default; the four's are not.
+    from types import SimpleNamespace
+
+    clips = SimpleNamespace(x=x, frames=frames)
+    big = np.zeros((80, 5), np.uint8)
+    big[:, :3] = y
+    assert set(range(56, 66)) <= set(timeline.make_stream(clips, big, seed=1).clip.tolist())
+    four = np.zeros((80, 4), np.uint8)
+    four[:, :3] = y
+    assert not set(timeline.make_stream(clips, four, seed=1).clip.tolist()) & set(range(56, 66))
+
+
+def test_calibration_keeps_urgent_classes_on_within_their_false_alarm_budget():
+    # Alarm's per-second scores say nothing about it; its window scores do (as for a knock, which
+    # the 10-s window model hears best). The micro-F1 search would turn it off; as an urgent class
+    # it stays on, takes the window scores, and keeps within its false alarms per hour. (No class is
+    # turned off unless the search is allowed to.)
+    rng = np.random.default_rng(3)
+    n = 12000
+    truth = np.zeros((n, 2), np.uint8)
+    for a in range(0, n, 60):
+        truth[a : a + 20, 0] = 1
+    starts = rng.choice(np.arange(0, n - 10, 40), 40, replace=False)
+    truth[starts[:, None] + np.arange(5), 1] = 1
+    scores = np.zeros((n, 2), np.float32)
+    scores[:, 0] = np.clip(truth[:, 0] * 0.6 + rng.normal(0.2, 0.1, n), 0, 1)
+    scores[:, 1] = rng.uniform(0, 0.8, n)
+    window = scores.copy()
+    window[:, 1] = np.clip(truth[:, 1] * 0.5 + rng.uniform(0, 0.45, n), 0, 1)
+    hours = n * STEP / 3600
+    plain = timeline.calibrate(scores, truth, ("Speech", "Alarm"), max_false_alarms=0.2, allow_off=True)
+    assert plain["per_class"]["Alarm"]["captions"] == 0  # off, or a setting that never fires
+    assert timeline.calibrate(scores, truth, ("Speech", "Alarm"), max_false_alarms=0.2)["on"]["Alarm"] < 1.0
+    only_seconds = timeline.calibrate(scores, truth, ("Speech", "Alarm"), max_false_alarms=0.2, urgent=("Alarm",))
+    urgent = timeline.calibrate(scores, truth, ("Speech", "Alarm"), max_false_alarms=0.2, urgent=("Alarm",),
+                                window_scores=window, urgent_max_false_alarms_per_hour=2.0)
+    for r in (only_seconds, urgent):
+        assert r["on"]["Alarm"] < timeline.NEVER_ON and r["per_class"]["Alarm"]["captions"] > 0
+        assert r["min_duration_s"]["Alarm"] == round(STEP, 4)
+        assert r["on"]["Speech"] == plain["on"]["Speech"] and r["source"]["Speech"] == "seconds"
+    assert only_seconds["source"]["Alarm"] == "seconds"
+    assert urgent["source"]["Alarm"] == "window"
+    assert urgent["per_class"]["Alarm"]["false_alarms"] <= 2.0 * hours
+    assert urgent["per_class"]["Alarm"]["segment_f1"] > 0.5 > only_seconds["per_class"]["Alarm"]["segment_f1"]
