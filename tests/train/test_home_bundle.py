@@ -46,3 +46,20 @@ def test_keras_and_litert_agree_on_the_home_bundle(home):
     x = np.random.default_rng(0).integers(0, 256, (16, 10, 128), dtype=np.uint8)
     assert np.abs(keras.predict(x) - home.predict(x)).max() < 1e-4
     assert np.abs(keras.predict_seconds(x) - home.predict_seconds(x)).max() < 1e-4
+
+
+def test_the_home_tracker_keeps_every_alert_on_and_hears_short_ones_with_the_window_model(home):
+    from pipeline.events import make_tracker
+
+    meta = home.metadata["tracker"]
+    tracker = make_tracker(home)
+    assert tracker.scoring == "seconds"
+    assert tracker.window_classes == tuple(c for c in home.classes if c in meta["window_classes"])
+    assert set(tracker.urgent_classes()) == {"Alarm", "Doorbell or knock", "Baby crying"}
+    # The calibration turned no class off, and each urgent class kept within its false-alarm budget.
+    assert all(on < 1.0 for on in meta["on"].values()), meta["on"]
+    cal = meta["timeline"]["calibration"]["per_class"]
+    for name in tracker.urgent_classes():
+        assert cal[name]["captions"] > 0 and cal[name]["false_alarms_per_hour"] <= 2.0, (name, cal[name])
+    # Forcing window scoring for all classes still works (the configuration's `scoring = "window"`).
+    assert make_tracker(home, scoring="window").window_classes == ()
