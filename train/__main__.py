@@ -28,6 +28,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from train import fit as fit_mod
     from train import models
+    from train.timeline import URGENT_MAX_FALSE_ALARMS_PER_HOUR
 
     ap = argparse.ArgumentParser(prog="audiocap-train", description=__doc__.splitlines()[0])
     ap.add_argument("--debug", action="store_true", help="debug logging")
@@ -132,9 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lookahead", type=float, default=None, help="seconds of look-ahead to calibrate for (0.96)")
     t.add_argument("--max-false-alarms", type=float, default=None,
                    help="calibration: cap on the share of captions that are false alarms (default: none, best F1)")
-    t.add_argument("--urgent-false-alarms-per-hour", type=float, default=None,
+    t.add_argument("--urgent-false-alarms-per-hour", type=float, default=URGENT_MAX_FALSE_ALARMS_PER_HOUR,
                    help="calibration: most false-alarm captions per hour of stream an urgent class may give "
-                        "(default 2)")
+                        f"(default {URGENT_MAX_FALSE_ALARMS_PER_HOUR:g})")
     t.add_argument("--runtime", choices=("auto", "litert", "keras"), default="auto")
     t.add_argument("--write-tfrecords", metavar="DIR",
                    help="also write the stream as tfrecords, to replay it: audiocapd --source replay:DIR")
@@ -198,8 +199,7 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     result = evaluate_timeline(args.model, args.data, seed=args.seed, half=args.half, png=args.png,
                                calibrate_bundle=args.calibrate, lookahead_s=args.lookahead, runtime=args.runtime,
                                write_tfrecords=args.write_tfrecords, max_false_alarms=args.max_false_alarms,
-                               **({} if args.urgent_false_alarms_per_hour is None else
-                                  {"urgent_max_false_alarms_per_hour": args.urgent_false_alarms_per_hour}))
+                               urgent_max_false_alarms_per_hour=args.urgent_false_alarms_per_hour)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -27,6 +27,7 @@ from pipeline.labels import ClassMap, build_class_map, find_audioset_metadata
 from train import data as data_mod
 from train import evaluate as ev
 from train import models
+from train import scenes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -480,8 +481,6 @@ def train_one(cfg: FitConfig, prep: Prepared, class_map: ClassMap, seed: int, st
 
 def mixed_scenes(cfg: FitConfig, y: npt.NDArray) -> bool:
     """Whether this run's scenes are mixed (:attr:`FitConfig.mixed_scenes`, resolved)."""
-    from train import scenes
-
     return scenes.is_large_class_set(y.shape[1]) if cfg.mixed_scenes is None else bool(cfg.mixed_scenes)
 
 
@@ -498,8 +497,6 @@ def validation_stream(prep: Prepared) -> tuple[npt.NDArray[np.uint8], npt.NDArra
     Returns:
       ``(windows uint8 [T, 10, 128], labels uint8 [T, C])``.
     """
-    from train import scenes
-
     if prep.frames_val is None:
         raise ValueError("per-second validation needs the validation clips' frame counts")
     many = scenes.is_large_class_set(prep.y_val.shape[1])
@@ -541,10 +538,11 @@ def _scene_fit(cfg: FitConfig, model: Any, prep: Prepared, seed: int) -> tuple[A
     lookaheads = sorted({0, 1, cfg.lookahead})
     history: dict[str, list[float]] = {}
     best, best_epoch, best_weights = -1.0, -1, None
+    mixed = mixed_scenes(cfg, prep.y_train)
     for epoch in range(cfg.epochs):
         t0 = time.monotonic()
         wx, wt = scene_windows(prep.x_train, prep.frames_train, prep.y_train, aux, rng, cfg.scene_windows, cfg.young_share,
-                               mixed=mixed_scenes(cfg, prep.y_train))
+                               mixed=mixed)
         x = np.concatenate([wx, prep.x_train])
         y = {k: np.concatenate([wt[k], clip_targets[k]]) for k in trained}
         hist = model.fit(x, y, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=cfg.verbose)
@@ -637,6 +635,7 @@ def _distributed_fit(
 
     history: dict[str, list[float]] = {"loss": [], "val_map": [], "val_top1": []}
     best, best_epoch, best_weights = -1.0, -1, None
+    mixed = mixed_scenes(cfg, prep.y_train)
     for epoch in range(cfg.epochs):
         total, n = 0.0, 0
         bar = keras.utils.Progbar(None, verbose=cfg.verbose) if cfg.verbose and is_chief() else None
@@ -730,10 +729,8 @@ def fit(cfg: FitConfig, clips: data_mod.Clips | None = None, stats: data_mod.Ing
         except ValueError as exc:  # e.g. every validation clip has several classes
             _LOGGER.warning("no per-second validation: %s", exc)
     if val_stream is not None:
-        from train import scenes as scenes_mod
-
         val_x, val_labels = val_stream
-        val_mixed = scenes_mod.is_large_class_set(prep.y_val.shape[1])
+        val_mixed = scenes.is_large_class_set(prep.y_val.shape[1])
         sec_scores = np.asarray(seconds.predict(val_x, batch_size=1024, verbose=0), np.float32)
         seconds_info = {
             "trained_on": "scenes" if all(models.recipe(n).scenes for n in seconds_names) else "clips",
@@ -842,8 +839,6 @@ def scene_windows(
       carries the class) and, when ``aux`` has columns, ``audioset``
       ``[W, num_aux]`` (the union of the window's clips' labels).
     """
-    from train import scenes
-
     # A scene is 2 clips on average, about 19 embeddings: enough scenes that
     # the windows overlap about once per embedding.
     n_scenes = max(4, n_windows // 18)

@@ -143,7 +143,6 @@ def make_stream(clips: Any, y: npt.NDArray, seed: int = 0, max_scenes: int | Non
                                exhaust=exhaust, mixed=mixed)
 
 
-
 def clip_runs(stream: scenes.Stream) -> list[tuple[int, int]]:
     """``(first, end)`` embedding indices of each clip appearance, in order."""
     edges = np.flatnonzero(np.r_[True, stream.clip[1:] != stream.clip[:-1], True])
@@ -472,19 +471,16 @@ def calibrate(
                                 "within %.2f s", classes[k], TARGET_END_DELAY_P90, bound)
             rows = [r for r in rows if r[1][5] <= bound]
         table.append(rows)
-        if is_urgent:
-            c = np.array([r[1][:5] for r in rows], np.float64)
-            f1 = 2 * c[:, 0] / np.maximum(2 * c[:, 0] + c[:, 1] + c[:, 2], 1)
-            fires = c[:, 3] > 0
-            within = fires & (c[:, 4] <= urgent_max_false_alarms_per_hour * hours)
-            if within.any():
-                urgent_pick[k] = int(np.argmax(np.where(within, f1, -1.0)))
-            else:  # the fewest false alarms of the settings that caption at all, then the best F1
-                fewest = c[fires, 4].min() if fires.any() else 0.0
-                urgent_pick[k] = int(np.argmax(np.where(fires & (c[:, 4] == fewest), f1, -1.0)))
     arrays = [np.array([r[1][:5] for r in rows], np.float64) for rows in table]  # tp fp fn caps fa
     f1s = [2 * a[:, 0] / np.maximum(2 * a[:, 0] + a[:, 1] + a[:, 2], 1) for a in arrays]
     shares = [a[:, 4] / np.maximum(a[:, 3], 1) for a in arrays]
+    for k in (k for k, name in enumerate(classes) if name in urgent):
+        fires = arrays[k][:, 3] > 0
+        fa = arrays[k][:, 4]
+        within = fires & (fa <= urgent_max_false_alarms_per_hour * hours)
+        if not within.any():  # the fewest false alarms of the settings that caption at all
+            within = fires & (fa == (fa[fires].min() if fires.any() else 0.0))
+        urgent_pick[k] = int(np.argmax(np.where(within, f1s[k], -1.0)))
     best: tuple | None = None
     for lam in np.linspace(0.0, 3.0, 61):
         pick = [urgent_pick[k] if k in urgent_pick else int(np.argmax(f - lam * sh))
