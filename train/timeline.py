@@ -555,6 +555,7 @@ def plot_timeline(
     classes: Sequence[str],
     seconds: float = PNG_SECONDS,
     start: int = 0,
+    notes: dict[str, str] | None = None,
 ) -> Path:
     """Draws an excerpt: per class, the ground truth, then each system's captions and score curve.
 
@@ -565,6 +566,7 @@ def plot_timeline(
       classes: class names.
       seconds: length of the excerpt.
       start: first embedding drawn.
+      notes: class -> a remark shown after its panel's title.
     """
     import matplotlib
 
@@ -595,6 +597,8 @@ def plot_timeline(
         ax.set_ylim(0, lanes)
         ax.set_yticks([])
         ax.set_title(name, loc="left", fontsize=12, fontweight="bold")
+        if notes and name in notes:
+            ax.set_title(notes[name], loc="right", fontsize=9)
         ax.set_xlim(x0, x0 + n * STEP)
     np.atleast_1d(axes)[-1].set_xlabel("stream time, s (bars: ground truth and captions; line: the score the tracker saw, 0 to 1)")
     fig.tight_layout()
@@ -759,5 +763,6 @@ def evaluate_timeline(
     if png:
         rows = [(f"captions now ({tracker.scoring})", caps, sc), ("captions before (window)", w_caps, w_sc),
                 ("clip aligned", a_caps, None)]
-        result["png"] = str(plot_timeline(png, truth, rows, classes))
+        result["png"] = str(plot_timeline(png, truth, rows, classes, notes={
+            c: "captions now: from the 10-s window model's score" for c in tracker.window_classes}))
     return result
