@@ -635,7 +635,6 @@ def _distributed_fit(
 
     history: dict[str, list[float]] = {"loss": [], "val_map": [], "val_top1": []}
     best, best_epoch, best_weights = -1.0, -1, None
-    mixed = mixed_scenes(cfg, prep.y_train)
     for epoch in range(cfg.epochs):
         total, n = 0.0, 0
         bar = keras.utils.Progbar(None, verbose=cfg.verbose) if cfg.verbose and is_chief() else None
