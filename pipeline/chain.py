@@ -16,7 +16,10 @@ Two ways to score, chosen by the tracker (``EventTracker.scoring``):
   sound within about ``L`` x 0.96 s. At the end of a stream the last ``L``
   seconds are scored from the last window. The tracker's ``window_classes``
   (a knock, a crying baby: short sounds the 10-s window model hears best)
-  take the clip score of that same window instead.
+  take the clip score of that same window instead, and its ``recent_context``
+  classes the higher of that and the clip score of the window's last ``k``
+  embeddings alone (repeated to fill the window): an alarm that began two
+  seconds ago fills those ``k`` seconds long before it fills ten.
 * ``"window"``: the window's clip score is the score of its newest embedding
   (captions lag, since a 10-s window keeps a sound for seconds after it ends).
 """
@@ -136,6 +139,11 @@ class CaptionChain:
         self._pending: npt.NDArray[np.float32] | None = None  # per-second scores of the look-ahead tail
         names = tuple(getattr(tracker, "window_classes", ()) or ()) if self.per_second else ()
         self._window_cols = np.array([tracker.classes.index(c) for c in names], dtype=np.int64)
+        recent = dict(getattr(tracker, "recent_context", None) or {}) if self.per_second else {}
+        # (rows of the window that make the recent window, columns that take its score), per context length
+        self._recent = [(window - k + np.arange(window) % k,
+                         np.array([tracker.classes.index(c) for c in names if recent.get(c) == k], dtype=np.int64))
+                        for k in sorted(set(recent.values()))]
         self._newest = -1  # stream index of the newest embedding scored
         self.embeddings = 0
         self.windows = 0
@@ -286,6 +294,9 @@ class CaptionChain:
                 clip = np.asarray(self.classifier.predict(w[None]), dtype=np.float32).reshape(-1)
                 seconds = seconds.copy()
                 seconds[:, self._window_cols] = clip[self._window_cols]
+                for rows, cols in self._recent:
+                    recent = np.asarray(self.classifier.predict(w[rows][None]), dtype=np.float32).reshape(-1)
+                    seconds[:, cols] = np.maximum(seconds[:, cols], recent[cols])
             self._pending = seconds
             if i >= self.lookahead:
                 out += self._emit(i - self.lookahead, seconds[self.window.size - 1 - self.lookahead], origin)

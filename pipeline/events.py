@@ -23,7 +23,10 @@ The tracker also says which scores it was tuned for (``scoring``: the 10-s
 window's clip score, or per-second scores with ``lookahead`` embeddings of
 look-ahead, see :mod:`pipeline.chain`; with per-second scoring some classes
 may still take the window's score, ``window_classes``: a knock lasts less
-than a second and the 10-s window model hears it best). A bundle calibrated on the caption
+than a second and the 10-s window model hears it best; and of those, the
+``recent_context`` classes take the higher of that score and the window
+model's score of only the last few embeddings, so an alarm need not fill
+the window before it is heard). A bundle calibrated on the caption
 timeline stores its tracker in ``metadata.json`` (``"tracker"``), and
 :func:`make_tracker` builds it from there, letting the configuration override
 any value.
@@ -131,6 +134,10 @@ class EventTracker:
       window_classes: with ``"seconds"``, classes whose score is nevertheless
         the 10-s window's score (the window ending ``lookahead`` embeddings
         after the second being judged).
+      recent_context: window class -> ``k`` (1 to 9): its score is the higher
+        of the window's score and the window model's score of the window's
+        last ``k`` embeddings alone (repeated to fill 10). A sound that has
+        just begun fills those ``k`` seconds before it fills the window.
 
     Raises:
       ValueError: for a threshold outside [0, 1], off above on, negative times,
@@ -148,6 +155,7 @@ class EventTracker:
     lookahead: int = 0
     urgent: Mapping[str, bool] | None = None
     window_classes: Sequence[str] = ()
+    recent_context: Mapping[str, int] | None = None
     _states: dict[str, _ClassState] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -174,6 +182,16 @@ class EventTracker:
             raise ValueError(f"window_classes has unknown classes {unknown}; the classes are {list(self.classes)}")
         wanted = set(self.window_classes)
         self.window_classes = tuple(c for c in self.classes if c in wanted)  # in score order
+        recent = dict(self.recent_context or {})
+        stray = sorted(set(recent) - set(self.window_classes))
+        if stray:
+            raise ValueError(f"recent_context names {stray}, which are not window classes "
+                             f"(window_classes: {list(self.window_classes)})")
+        for name, k in recent.items():
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < params.WINDOW_EMBEDDINGS:
+                raise ValueError(f"recent_context of {name!r} must be a whole number of embeddings from 1 to "
+                                 f"{params.WINDOW_EMBEDDINGS - 1}; got {k}")
+        self.recent_context = {c: int(recent[c]) for c in self.window_classes if c in recent}
         self._states = {}
         for name in self.classes:
             if name not in self.on_thresholds:
@@ -313,6 +331,7 @@ def make_tracker(
     hold_s: float | None = None,
     captions: Mapping[str, str] | None = None,
     window_classes: Sequence[str] | None = None,
+    recent_context: Mapping[str, int] | None = None,
 ) -> EventTracker:
     """The event tracker for a loaded classifier bundle, with optional overrides.
 
@@ -334,6 +353,8 @@ def make_tracker(
         ``Classifier.captions``). Urgent flags always come from the bundle.
       window_classes: per-second scoring: classes scored by the 10-s window
         model instead (default: the calibrated tracker's ``window_classes``).
+      recent_context: window class -> embeddings of recent context (default:
+        the calibrated tracker's, for the window classes chosen).
 
     Raises:
       ValueError: per-second scoring asked of a bundle without a per-second
@@ -380,6 +401,11 @@ def make_tracker(
     urgent = {c: bool(u) for c, u in dict(getattr(classifier, "urgent", None) or {}).items() if c in classes}
     if window_classes is None:
         window_classes = [c for c in calibrated.get("window_classes") or () if c in classes]
+    per_second = scoring == "seconds"
+    if recent_context is None:
+        recent_context = {c: int(k) for c, k in dict(calibrated.get("recent_context") or {}).items()
+                          if c in window_classes}
     return EventTracker(classes, on, off, texts, min_duration, hold, scoring=scoring,
-                        lookahead=lookahead if scoring == "seconds" else 0, urgent=urgent,
-                        window_classes=tuple(window_classes) if scoring == "seconds" else ())
+                        lookahead=lookahead if per_second else 0, urgent=urgent,
+                        window_classes=tuple(window_classes) if per_second else (),
+                        recent_context=dict(recent_context) if per_second else {})

@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--window-from", metavar="BUNDLE",
                    help="take the window model (model.keras/.tflite, thresholds, metrics) from this bundle "
                         "and only the per-second model from the run")
+    x.add_argument("--seconds-from", metavar="BUNDLE",
+                   help="take the per-second model (seconds.keras/.tflite and its validation) from this bundle "
+                        "and only the window model from the run")
 
     g = sub.add_parser("experiments", help="rerun the paper's grid, leak-free and leaky")
     g.add_argument("--data", required=True, nargs="+")
@@ -180,7 +183,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from train.export import export_run
 
     print(export_run(args.run, args.out, name=args.name, version=args.version, seconds=args.seconds,
-                     window_from=args.window_from))
+                     window_from=args.window_from, seconds_from=args.seconds_from))
     return 0
 
 

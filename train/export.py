@@ -195,6 +195,18 @@ def command_line() -> str:
     return " ".join(["audiocap-train", *sys.argv[1:]]) if sys.argv else ""
 
 
+def _source_bundle(path: str | os.PathLike, class_map: ClassMap) -> tuple[Path, dict[str, Any]]:
+    """An existing bundle to take a model from, and its metadata; its classes must be the run's."""
+    from pipeline.classifier import read_metadata
+
+    src = Path(path)
+    meta = read_metadata(src)
+    src_map = ClassMap.from_metadata(meta["classes"], mapping=meta.get("label_mapping", "ontology"))
+    if src_map.names != class_map.names:
+        raise ValueError(f"{src} scores {src_map.names}; the run scores {class_map.names}")
+    return src, meta
+
+
 def export_run(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -202,6 +214,7 @@ def export_run(
     version: str = "1",
     seconds: bool = True,
     window_from: str | os.PathLike | None = None,
+    seconds_from: str | os.PathLike | None = None,
 ) -> Path:
     """Writes the bundle for a run directory made by ``audiocap-train fit``.
 
@@ -213,10 +226,14 @@ def export_run(
         metrics and class map from this existing bundle, and only the
         per-second model from the run (for a stream model whose window output
         does not match the shipped clip tagger).
+      seconds_from: the other way round: take the per-second model and what
+        its validation found from this existing bundle, the window model from
+        the run (a better clip tagger under the same per-second model).
 
     Raises:
       FileNotFoundError: the run directory lacks model.keras/metrics.json, or
-        ``window_from`` is not a bundle.
+        a ``*_from`` bundle is not one or lacks its model.
+      ValueError: both ``*_from`` are given, or a bundle's classes differ from the run's.
     """
     import keras
 
@@ -226,10 +243,23 @@ def export_run(
             raise FileNotFoundError(f"{run} is not a fit run directory: {needed} is missing")
     info = json.loads((run / "metrics.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
+    if window_from is not None and seconds_from is not None:
+        raise ValueError("take the window model or the per-second model from another bundle, not both")
     sec = None
     if seconds and (run / "seconds.keras").is_file():
         sec = keras.saving.load_model(run / "seconds.keras", compile=False)
     class_map = ClassMap.from_metadata(info["class_map"], mapping=info.get("label_mapping", "ontology"))
+    per_second = info.get("per_second") or {}
+    seconds_training: dict[str, Any] | None = None
+    if seconds_from is not None:
+        sec_src, sec_meta = _source_bundle(seconds_from, class_map)
+        keras_file = (sec_meta.get("seconds") or {}).get("keras")
+        if not keras_file or not (sec_src / str(keras_file)).is_file():
+            raise FileNotFoundError(f"{sec_src} has no per-second Keras model (seconds.keras) to take")
+        sec = keras.saving.load_model(sec_src / str(keras_file), compile=False)
+        per_second = sec_meta["seconds"]
+        seconds_training = {"from": f"{sec_meta['name']}@{sec_meta['version']} ({sec_src})",
+                            **dict(sec_meta["training"].get("seconds_model") or sec_meta["training"])}
     rng = np.random.default_rng(0)
     parity = rng.integers(0, 256, (PARITY_CLIPS, params.WINDOW_EMBEDDINGS, params.EMBEDDING_SIZE), dtype=np.uint8)
     training = {
@@ -247,13 +277,7 @@ def export_run(
     if window_from is None:
         model = keras.saving.load_model(run / "model.keras", compile=False)
     else:
-        from pipeline.classifier import read_metadata
-
-        src = Path(window_from)
-        src_meta = read_metadata(src)
-        src_class_map = ClassMap.from_metadata(src_meta["classes"], mapping=src_meta.get("label_mapping", "ontology"))
-        if src_class_map.names != class_map.names:
-            raise ValueError(f"{src} scores {src_class_map.names}; the run scores {class_map.names}")
+        src, src_meta = _source_bundle(window_from, class_map)
         model = keras.saving.load_model(src / KERAS_NAME, compile=False)
         thresholds, metrics = src_meta["_thresholds"], src_meta["metrics"]
         training = {
@@ -261,11 +285,12 @@ def export_run(
             "window_model_from": f"{src_meta['name']}@{src_meta['version']} ({src})",
             "seconds_model": training,
         }
-    per_second = info.get("per_second") or {}
+    if seconds_training is not None:
+        training["seconds_model"] = seconds_training
     seconds_info = {k: per_second[k] for k in ("trained_on", "lookaheads", "selected_for_lookahead", "validation",
                                                "validation_stream") if k in per_second}
     if sec is not None:
-        seconds_info["model"] = cfg.get("model")
+        seconds_info["model"] = per_second.get("model") if seconds_from is not None else cfg.get("model")
     return write_bundle(
         out_dir, model, class_map, thresholds, metrics, training,
         name=name, version=version, seconds_model=sec, parity_inputs=parity, seconds_info=seconds_info,

@@ -41,7 +41,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +86,10 @@ URGENT_ON_QUANTILES = np.linspace(0.5, 0.999, 40)
 """On thresholds tried for an urgent class: rare sounds need thresholds above the 98th percentile."""
 SOURCES = ("seconds", "window")
 """Where a class's per-second score comes from: the per-second model, or the 10-s window model."""
+RECENT_CONTEXTS = (2, 3, 4)
+"""Urgent classes also try the window score raised to that of the window's last k embeddings alone
+(source ``"window+recentK"``, the tracker's ``recent_context``): an alarm is heard as soon as it fills
+k seconds instead of the window."""
 
 
 @dataclass(frozen=True)
@@ -401,7 +405,7 @@ def calibrate(
     scores: npt.NDArray, truth: npt.NDArray, classes: Sequence[str], max_false_alarms: float | None = MAX_FALSE_ALARMS,
     urgent: Sequence[str] = (), window_scores: npt.NDArray | None = None,
     urgent_max_false_alarms_per_hour: float = URGENT_MAX_FALSE_ALARMS_PER_HOUR,
-    allow_off: bool = False,
+    allow_off: bool = False, recent_scores: Mapping[int, npt.NDArray] | None = None,
 ) -> dict[str, Any]:
     """Per-class tracker settings that maximise the micro segment F1 of a timeline.
 
@@ -433,6 +437,10 @@ def calibrate(
         model as the chain gives it to ``window_classes``; with it, every
         class also tries that source (its captions lag the sound's end, so
         the end-delay bound mostly keeps the main classes per second).
+      recent_scores: k -> float ``[T, C]``, the window scores raised to the
+        window model's score of the last k embeddings alone, as the chain
+        gives them to ``recent_context`` classes; urgent classes also try
+        these sources (``"window+recentK"``).
 
     Returns:
       ``{"on", "off", "min_duration_s", "hold_s", "source"}``, each class ->
@@ -446,6 +454,8 @@ def calibrate(
     for k in range(len(classes)):
         is_urgent = classes[k] in urgent
         sources = [("seconds", scores)] + ([("window", window_scores)] if window_scores is not None else [])
+        if is_urgent:
+            sources += [(f"window+recent{k}", sc) for k, sc in sorted((recent_scores or {}).items())]
         rows = []
         for source, sc in sources:
             s = np.nan_to_num(sc[:, k].astype(np.float64))
@@ -513,17 +523,23 @@ def calibrate(
     return res
 
 
-def collect_scores(classifier: Any, stream: scenes.Stream, lookahead: int, source: str = "seconds") -> npt.NDArray[np.float32]:
+def collect_scores(classifier: Any, stream: scenes.Stream, lookahead: int, source: str = "seconds",
+                   recent: int | None = None) -> npt.NDArray[np.float32]:
     """The per-second scores the daemon's chain gives each embedding at this look-ahead.
 
     ``source="window"``: the scores it gives classes it takes from the 10-s
-    window model (``EventTracker.window_classes``), for every class.
+    window model (``EventTracker.window_classes``), for every class; with
+    ``recent=k``, as it gives them to ``recent_context`` classes.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
+    if recent is not None and source != "window":
+        raise ValueError("a recent context applies to window scores only (source=\"window\")")
     classes = tuple(classifier.classes)
+    windowed = classes if source == "window" else ()
     silent = EventTracker(classes, {c: 1.0 for c in classes}, {c: 1.0 for c in classes}, scoring="seconds",
-                          lookahead=lookahead, window_classes=classes if source == "window" else ())
+                          lookahead=lookahead, window_classes=windowed,
+                          recent_context={c: recent for c in windowed} if recent else None)
     return run_chain(classifier, silent, stream)[1]
 
 
@@ -539,7 +555,9 @@ def write_tracker(bundle: str | os.PathLike, settings: dict[str, Any], lookahead
         "lookahead": int(lookahead),
         "on": settings["on"], "off": settings["off"],
         "min_duration_s": settings["min_duration_s"], "hold_s": settings["hold_s"],
-        "window_classes": [c for c, src in (settings.get("source") or {}).items() if src == "window"],
+        "window_classes": [c for c, src in (settings.get("source") or {}).items() if src.startswith("window")],
+        "recent_context": {c: int(src.removeprefix("window+recent"))
+                           for c, src in (settings.get("source") or {}).items() if src.startswith("window+recent")},
         "calibrated_on": figures.get("calibrated_on"),
         "timeline": figures.get("timeline"),
     }
@@ -711,10 +729,13 @@ def evaluate_timeline(
         sc = np.concatenate([collect_scores(clf, st, lookahead) for st in cal_streams])
         truth = np.concatenate([st.labels for st in cal_streams])
         urgent = [c for c in classes if clf.urgent.get(c)]
-        win = (np.concatenate([collect_scores(clf, st, lookahead, "window") for st in cal_streams])
-               if scenes.is_large_class_set(len(classes)) else None)
+        many = scenes.is_large_class_set(len(classes))
+        win = np.concatenate([collect_scores(clf, st, lookahead, "window") for st in cal_streams]) if many else None
+        recent = ({k: np.concatenate([collect_scores(clf, st, lookahead, "window", recent=k) for st in cal_streams])
+                   for k in RECENT_CONTEXTS} if many and urgent else None)
         settings = calibrate(sc, truth, classes, max_false_alarms, urgent=urgent, window_scores=win,
-                             urgent_max_false_alarms_per_hour=urgent_max_false_alarms_per_hour)
+                             urgent_max_false_alarms_per_hour=urgent_max_false_alarms_per_hour,
+                             recent_scores=recent)
         figures = {
             "calibrated_on": (f"caption timeline: 2 streams (seeds 101, 102; {len(truth)} embeddings) of the "
                               f"calibration half of the grouped validation split ({val_fraction:.0%} of bal_train "
@@ -726,7 +747,9 @@ def evaluate_timeline(
                                  f"{GRID_MIN_EMBEDDINGS[0]} embedding, are never turned off and take their own "
                                  f"best F1 with at most {urgent_max_false_alarms_per_hour:g} false alarms per hour"
                                  if urgent else "")
-                              + ("; every class tried per-second and 10-s window scores" if win is not None else "")),
+                              + ("; every class tried per-second and 10-s window scores" if win is not None else "")
+                              + (f", urgent classes also the window score raised to that of its last "
+                                 f"{'/'.join(map(str, RECENT_CONTEXTS))} embeddings alone" if recent else "")),
             "timeline": {"calibration": {**settings["timeline"], "per_class": settings["per_class"]}},
         }
         write_tracker(clf.path, settings, lookahead, figures)
@@ -764,5 +787,7 @@ def evaluate_timeline(
         rows = [(f"captions now ({tracker.scoring})", caps, sc), ("captions before (window)", w_caps, w_sc),
                 ("clip aligned", a_caps, None)]
         result["png"] = str(plot_timeline(png, truth, rows, classes, notes={
-            c: "captions now: from the 10-s window model's score" for c in tracker.window_classes}))
+            c: ("captions now: from the 10-s window model's score"
+                + (f", or its score of the last {tracker.recent_context[c]} s alone if higher"
+                   if c in tracker.recent_context else "")) for c in tracker.window_classes}))
     return result

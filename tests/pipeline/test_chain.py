@@ -37,14 +37,15 @@ def _emb(n: int, seed: int = 0) -> np.ndarray:
     return np.clip(walk, 0, 255).astype(np.uint8)
 
 
-def _tracker(clf, lookahead: int, window_classes=()) -> EventTracker:
+def _tracker(clf, lookahead: int, window_classes=(), recent_context=None) -> EventTracker:
     on = {c: 0.3 for c in clf.classes}
     return EventTracker(clf.classes, on, {c: 0.2 for c in clf.classes}, scoring="seconds", lookahead=lookahead,
-                        new_id=iter(f"e{i}" for i in range(10_000)).__next__, window_classes=window_classes)
+                        new_id=iter(f"e{i}" for i in range(10_000)).__next__, window_classes=window_classes,
+                        recent_context=recent_context)
 
 
-def _run(clf, e, groups, lookahead, window_classes=()):
-    chain = CaptionChain(clf, _tracker(clf, lookahead, window_classes))
+def _run(clf, e, groups, lookahead, window_classes=(), recent_context=None):
+    chain = CaptionChain(clf, _tracker(clf, lookahead, window_classes, recent_context))
     out, i = [], 0
     for g in groups:
         out += chain.feed_embeddings(e[i : i + g], 1e9 + i * STEP, 0.0)
@@ -82,6 +83,32 @@ def test_window_classes_take_the_clip_score_of_the_same_window(clf, lookahead):
         np.testing.assert_array_equal(m.scores[others], p.scores[others])
     with pytest.raises(ValueError, match="unknown classes"):
         _tracker(clf, 1, window_classes=("Doorbell",))
+
+
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_recent_context_takes_the_higher_of_the_window_and_its_last_seconds(clf, lookahead):
+    e = _emb(17, seed=11)
+    named = (clf.classes[0], clf.classes[2], clf.classes[3])
+    recent = {clf.classes[0]: 2, clf.classes[3]: 4}  # classes[2] keeps the plain window score
+    window_only = [o for o in _run(clf, e, [17], lookahead, window_classes=named) if isinstance(o, WindowScores)]
+    got = [o for o in _run(clf, e, [6, 11], lookahead, window_classes=named, recent_context=recent)
+           if isinstance(o, WindowScores)]
+    raised = 0
+    for w, g in zip(window_only, got):
+        newest = min(g.index + lookahead, len(e) - 1)
+        seen = e[max(newest - 9, 0): newest + 1]
+        for c, k in ((0, 2), (3, 4)):
+            last = seen[-k:] if len(seen) >= k else np.concatenate([np.repeat(seen[:1], k - len(seen), 0), seen])
+            alone = clf.predict(np.resize(last, (10, 128))[None])[0, c]  # the k seconds repeated to fill 10
+            assert g.scores[c] == max(w.scores[c], alone)
+            raised += alone > w.scores[c]
+        assert g.scores[1] == w.scores[1] and g.scores[2] == w.scores[2]
+    assert raised > 0  # the recent context did change some scores: the comparison above can fail
+    with pytest.raises(ValueError, match="not window classes"):
+        _tracker(clf, 1, window_classes=named[:1], recent_context={clf.classes[3]: 2})
+    for bad in (0, 10, 2.5, True):
+        with pytest.raises(ValueError, match="whole number of embeddings"):
+            _tracker(clf, 1, window_classes=named, recent_context={clf.classes[0]: bad})
 
 
 @pytest.mark.parametrize("groups", [[1] * 31, [4, 9, 1, 17], [31]])

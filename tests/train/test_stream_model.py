@@ -164,3 +164,17 @@ def test_window_from_keeps_another_bundles_window_model(stream_run, tmp_path):
     np.testing.assert_allclose(got, classifier.load_classifier(shipped, runtime="litert").predict(x), atol=1e-4)
     own = export_run(stream_run, tmp_path / "own")
     assert np.max(np.abs(classifier.load_classifier(own, runtime="litert").predict(x) - got)) > 1e-3
+
+
+def test_seconds_from_keeps_another_bundles_per_second_model(stream_run, tmp_path):
+    shipped = classifier.default_bundle_path()
+    new = export_run(stream_run, tmp_path / "new", name="new", version="1", seconds_from=shipped)
+    a, b = (json.loads((p / "metadata.json").read_text()) for p in (shipped, new))
+    assert b["training"]["seconds_model"]["from"].startswith(f"{a['name']}@{a['version']}")
+    assert b["seconds"]["validation"] == a["seconds"]["validation"] and b["seconds"]["model"] == a["seconds"]["model"]
+    x = np.random.default_rng(1).integers(0, 256, (16, 10, 128), dtype=np.uint8)
+    old_c, new_c = (classifier.load_classifier(p, runtime="litert") for p in (shipped, new))
+    np.testing.assert_allclose(new_c.predict_seconds(x), old_c.predict_seconds(x), atol=1e-4)
+    assert np.max(np.abs(new_c.predict(x) - old_c.predict(x))) > 1e-3  # the window model is the run's
+    with pytest.raises(ValueError, match="not both"):
+        export_run(stream_run, tmp_path / "both", window_from=shipped, seconds_from=shipped)
