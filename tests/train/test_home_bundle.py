@@ -63,3 +63,7 @@ def test_the_home_tracker_keeps_every_alert_on_and_hears_short_ones_with_the_win
         assert cal[name]["captions"] > 0 and cal[name]["false_alarms_per_hour"] <= 2.0, (name, cal[name])
     # Forcing window scoring for all classes still works (the configuration's `scoring = "window"`).
     assert make_tracker(home, scoring="window").window_classes == ()
+    # Recent contexts (the last k seconds alone) are read from the bundle, for window classes only.
+    assert tracker.recent_context == {c: int(k) for c, k in meta.get("recent_context", {}).items()}
+    assert set(tracker.recent_context) <= set(tracker.window_classes)
+    assert make_tracker(home, scoring="window").recent_context == {}
