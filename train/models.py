@@ -319,6 +319,10 @@ RECIPES: dict[str, Recipe] = {
     "attention_mil": Recipe(
         lambda n, k, hp: attention_mil(n, k, hidden=hp.hidden, dropout=hp.dropout, mean=hp.mean, var=hp.var),
         "per-second network with attention pooling, trained on clips", input_stats=True, aux=True, seconds=True),
+    "attention_mil_scenes": Recipe(
+        lambda n, k, hp: attention_mil(n, k, hidden=hp.hidden, dropout=hp.dropout, mean=hp.mean, var=hp.var),
+        "attention_mil trained on synthetic scenes too: its window score learns to rise when a sound fills only "
+        "the last seconds of the window", input_stats=True, aux=True, seconds=True, scenes=True),
     "mean_mlp": Recipe(
         lambda n, _, hp: mean_mlp(n, hidden=hp.hidden, dropout=hp.dropout, mean=hp.mean, var=hp.var),
         "mean and max over the seconds, one hidden layer", input_stats=True),
