@@ -169,6 +169,20 @@ def test_mixed_streams_play_clips_with_several_classes_in_their_rarest_class_sce
     assert not set(timeline.make_stream(clips, four, seed=1).clip.tolist()) & set(range(56, 66))
 
 
+def _speech_and_alarm(rng, n, candidates, events, length, alarm_noise):
+    """A 2-class timeline: Speech 20 of every 60 embeddings, well scored; ``events`` alarms of ``length``
+    starting at some of ``candidates``, whose per-second score is noise up to ``alarm_noise``."""
+    truth = np.zeros((n, 2), np.uint8)
+    for a in range(0, n, 60):
+        truth[a : a + 20, 0] = 1
+    starts = rng.choice(candidates, events, replace=False)
+    truth[starts[:, None] + np.arange(length), 1] = 1
+    scores = np.zeros((n, 2), np.float32)
+    scores[:, 0] = np.clip(truth[:, 0] * 0.6 + rng.normal(0.2, 0.1, n), 0, 1)
+    scores[:, 1] = rng.uniform(0, alarm_noise, n)
+    return truth, scores, starts
+
+
 def test_calibration_keeps_urgent_classes_on_within_their_false_alarm_budget():
     # Alarm's per-second scores say nothing about it; its window scores do (as for a knock, which
     # the 10-s window model hears best). The micro-F1 search would turn it off; as an urgent class
@@ -176,14 +190,7 @@ def test_calibration_keeps_urgent_classes_on_within_their_false_alarm_budget():
     # turned off unless the search is allowed to.)
     rng = np.random.default_rng(3)
     n = 12000
-    truth = np.zeros((n, 2), np.uint8)
-    for a in range(0, n, 60):
-        truth[a : a + 20, 0] = 1
-    starts = rng.choice(np.arange(0, n - 10, 40), 40, replace=False)
-    truth[starts[:, None] + np.arange(5), 1] = 1
-    scores = np.zeros((n, 2), np.float32)
-    scores[:, 0] = np.clip(truth[:, 0] * 0.6 + rng.normal(0.2, 0.1, n), 0, 1)
-    scores[:, 1] = rng.uniform(0, 0.8, n)
+    truth, scores, _ = _speech_and_alarm(rng, n, np.arange(0, n - 10, 40), 40, 5, 0.8)
     window = scores.copy()
     window[:, 1] = np.clip(truth[:, 1] * 0.5 + rng.uniform(0, 0.45, n), 0, 1)
     hours = n * STEP / 3600
@@ -210,14 +217,7 @@ def test_an_urgent_class_takes_a_recent_context_that_hears_the_sound_sooner(tmp_
     # then names it, for the chain to build.
     rng = np.random.default_rng(4)
     n = 12000
-    truth = np.zeros((n, 2), np.uint8)
-    for a in range(0, n, 60):
-        truth[a : a + 20, 0] = 1
-    starts = rng.choice(np.arange(30, n - 30, 60), 50, replace=False)
-    truth[starts[:, None] + np.arange(12), 1] = 1
-    scores = np.zeros((n, 2), np.float32)
-    scores[:, 0] = np.clip(truth[:, 0] * 0.6 + rng.normal(0.2, 0.1, n), 0, 1)
-    scores[:, 1] = rng.uniform(0, 0.5, n)
+    truth, scores, starts = _speech_and_alarm(rng, n, np.arange(30, n - 30, 60), 50, 12, 0.5)
     late = truth[:, 1].copy()
     late[starts[:, None] + np.arange(5)] = 0  # the 10-s window hears it from its 6th second
     window = scores.copy()
