@@ -403,7 +403,8 @@ def make_tracker(
         window_classes = [c for c in calibrated.get("window_classes") or () if c in classes]
     per_second = scoring == "seconds"
     if recent_context is None:
-        recent_context = {c: int(k) for c, k in dict(calibrated.get("recent_context") or {}).items()
+        # Values as the bundle has them: the tracker checks them and names a bad one.
+        recent_context = {c: k for c, k in dict(calibrated.get("recent_context") or {}).items()
                           if c in window_classes}
     return EventTracker(classes, on, off, texts, min_duration, hold, scoring=scoring,
                         lookahead=lookahead if per_second else 0, urgent=urgent,

@@ -193,6 +193,19 @@ def test_urgent_flags_and_loudest_level_ride_on_both_edges():
         _tracker(urgent={"Alarm": True})
 
 
+def test_make_tracker_reads_recent_contexts_of_window_classes_and_names_a_bad_one():
+    from pipeline.events import make_tracker
+
+    cal = {"scoring": "seconds", "lookahead": 1, "on": {"Speech": 0.3, "Music": 0.7},
+           "window_classes": ["Music"], "recent_context": {"Music": 3, "Speech": 2}}
+    tr = make_tracker(_Bundle(cal))
+    assert tr.window_classes == ("Music",) and tr.recent_context == {"Music": 3}  # Speech is not a window class
+    assert make_tracker(_Bundle(cal), window_classes=()).recent_context == {}
+    assert make_tracker(_Bundle(cal), scoring="window").recent_context == {}
+    with pytest.raises(ValueError, match="recent_context of 'Music' must be a whole number of embeddings"):
+        make_tracker(_Bundle({**cal, "recent_context": {"Music": "three"}}))
+
+
 def test_make_tracker_takes_captions_and_urgent_flags_from_the_bundle():
     from pipeline.events import make_tracker
 
