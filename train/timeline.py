@@ -455,7 +455,7 @@ def calibrate(
         is_urgent = classes[k] in urgent
         sources = [("seconds", scores)] + ([("window", window_scores)] if window_scores is not None else [])
         if is_urgent:
-            sources += [(f"window+recent{k}", sc) for k, sc in sorted((recent_scores or {}).items())]
+            sources += [(f"window+recent{ctx}", sc) for ctx, sc in sorted((recent_scores or {}).items())]
         rows = []
         for source, sc in sources:
             s = np.nan_to_num(sc[:, k].astype(np.float64))
