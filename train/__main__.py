@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--split", choices=fit_mod.SPLITS, default=d.split,
                    help="grouped by video_id (leak-free, default) or random after oversampling (the paper)")
     f.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    f.add_argument("--train-fraction", type=float, default=d.train_fraction,
+                   help="grouped split: train on this share of the training videos only (nested subsets, "
+                        "for learning curves); validation is unchanged")
     f.add_argument("--oversample", choices=fit_mod.OVERSAMPLING, default=d.oversample,
                    help="permute: the paper's permuted copies of rare-class clips")
     f.add_argument("--class-weights", action="store_true", help="weight clips by their rarest class")
@@ -156,8 +159,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     cfg = FitConfig(
         data=args.data, out=args.out, model=args.model, classes=args.classes, labels_csv=args.labels_csv, ontology=args.ontology,
         mapping=args.mapping, positives_only=args.positives_only, short=args.short, split=args.split,
-        val_fraction=args.val_fraction, oversample=args.oversample, class_weights=args.class_weights,
-        loss=args.loss, normalise=args.normalise, last_pool=args.last_pool, hidden=args.hidden,
+        val_fraction=args.val_fraction, train_fraction=args.train_fraction, oversample=args.oversample,
+        class_weights=args.class_weights, loss=args.loss, normalise=args.normalise, last_pool=args.last_pool, hidden=args.hidden,
         dropout=args.dropout, aux_weight=args.aux_weight, ensemble=args.ensemble, members=args.members, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, strategy=args.strategy,
         select_best=args.select_best, stream=args.stream, verbose=0 if args.quiet else 1,

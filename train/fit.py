@@ -34,6 +34,8 @@ _LOGGER = logging.getLogger(__name__)
 SPLITS = ("grouped", "random")
 OVERSAMPLING = ("none", "permute")
 STRATEGIES = ("none", "mirrored", "multiworker")
+TRAIN_SUBSET_SALT = "audiocap-train-subset"
+"""Salt of the video hash that picks ``train_fraction``'s videos (not the split's, so the subset is its own draw)."""
 
 
 @dataclass
@@ -61,6 +63,11 @@ class FitConfig:
     split: str = "grouped"
     """``grouped`` by video_id (leak-free) or ``random`` (the paper, after oversampling)."""
     val_fraction: float = 0.2
+    train_fraction: float = 1.0
+    """Grouped split: train on this share of the training side's videos only
+    (chosen by a hash of the video id, so a smaller share's videos are all in
+    every larger one); the validation side is unchanged. For learning curves:
+    how much would more data help?"""
     oversample: str = "none"
     """``permute``: the paper's permuted copies of rare-class clips."""
     class_weights: bool = False
@@ -139,6 +146,9 @@ class FitConfig:
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.short in data_mod.SHORT_POLICIES, f"short must be one of {data_mod.SHORT_POLICIES}"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+            (0 < self.train_fraction <= 1, "train_fraction must be in (0, 1]"),
+            (self.train_fraction == 1 or (self.split == "grouped" and not self.stream),
+             "train_fraction below 1 needs the grouped split, without --stream"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.ensemble >= 1, "ensemble must be >= 1"),
             (all(m in models.MODEL_NAMES for m in self.member_models()),
@@ -227,6 +237,8 @@ def prepare(cfg: FitConfig, clips: data_mod.Clips, class_map: ClassMap, stats: d
         x_tr, y_tr, aux_tr, f_tr = x[tr], y[tr], aux[tr], frames[tr]
     else:
         tr, va = data_mod.grouped_split(vids, cfg.val_fraction)
+        if cfg.train_fraction < 1:
+            tr = tr[data_mod.validation_mask(vids[tr], cfg.train_fraction, salt=TRAIN_SUBSET_SALT)]
         x_tr, y_tr, aux_tr, f_tr = x[tr], y[tr], aux[tr], frames[tr]
         if cfg.oversample == "permute":
             x_tr, y_tr, src = data_mod.permutation_oversample(x_tr, y_tr, seed=rng_seed)
@@ -238,6 +250,8 @@ def prepare(cfg: FitConfig, clips: data_mod.Clips, class_map: ClassMap, stats: d
         "clips_read": len(clips),
         "clips_used": int(len(keep)),
         "train_rows": int(len(x_tr)),
+        "train_fraction": cfg.train_fraction,
+        "train_videos": len(train_videos),
         "val_rows": int(len(va)),
         "videos_on_both_sides": int(leaked),
         "train_positives": {n: int(v) for n, v in zip(class_map.names, y_tr.sum(axis=0))},

@@ -127,6 +127,26 @@ def test_mixed_ensemble(small_data, tmp_path):
         fit_mod.FitConfig(data=["x"], out="y", members="attention_mil*two").validate()
 
 
+def test_train_fraction_takes_nested_shares_of_the_training_videos(small_data):
+    clips, _ = data.load_clips(small_data["data"], num_labels=10)
+    base = fit_mod.FitConfig(data=[str(small_data["data"])], out="unused")
+    cmap = fit_mod.resolve_class_map(base)
+    preps = {f: fit_mod.prepare(fit_mod.FitConfig(**{**base.__dict__, "train_fraction": f}), clips, cmap)
+             for f in (0.25, 0.5, 1.0)}
+    videos = {f: set(map(bytes, p.x_train.reshape(len(p.x_train), -1))) for f, p in preps.items()}
+    assert videos[0.25] < videos[0.5] < videos[1.0]  # nested, and each share smaller
+    full = preps[1.0].summary["train_videos"]
+    for f in (0.25, 0.5):
+        assert abs(preps[f].summary["train_videos"] - f * full) < 0.15 * full, (f, preps[f].summary)
+        assert preps[f].summary["train_fraction"] == f
+        np.testing.assert_array_equal(preps[f].x_val, preps[1.0].x_val)  # validation unchanged
+    for bad, msg in ((0.0, "train_fraction must be in"), (1.5, "train_fraction must be in")):
+        with pytest.raises(ValueError, match=msg):
+            fit_mod.FitConfig(data=["x"], out="y", train_fraction=bad).validate()
+    with pytest.raises(ValueError, match="needs the grouped split"):
+        fit_mod.FitConfig(data=["x"], out="y", train_fraction=0.5, split="random").validate()
+
+
 def test_stream_mode_trains_from_disk_with_the_same_split(small_data, tmp_path):
     cfg = fit_mod.FitConfig(data=[str(small_data["data"])], out=str(tmp_path / "s"), hidden=32, epochs=3,
                             stream=True, stream_sample=128, verbose=0)

@@ -38,6 +38,29 @@ def test_home_bundle_figures_reproduce_and_beat_the_baseline(bal_train_dir, home
         assert margin[name] >= 0.10, (name, margin)
     # ...while Water running beats the baseline by less (docs/experiments.md says so).
     assert margin["Water running"] > 0, margin
+    # How sure each margin is: a paired bootstrap over the validation clips, around the measured margin.
+    interval = r["ap_over_baseline_interval"]["per_class"]
+    for name in home.classes:
+        lo, hi = interval[name]
+        assert lo < margin[name] < hi, (name, interval[name], margin[name])
+    # A class with 36 positives is far less sure than one with 1,728.
+    width = {n: interval[n][1] - interval[n][0] for n in home.classes}
+    assert width["Water running"] > 3 * width["Music"], width
+
+
+def test_the_margin_interval_is_paired_and_follows_the_evidence():
+    from train.evaluate import ap_margin_interval
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 2)) < 0.1).astype(int)
+    noise = rng.random((400, 2))
+    # The same scores on both sides: every draw gives a margin of exactly 0.
+    assert ap_margin_interval(y, noise, noise, draws=200) == [(0.0, 0.0), (0.0, 0.0)]
+    # A model that ranks every positive first against a random baseline: far above 0 on every draw.
+    lo, hi = ap_margin_interval(y, y + 0.1 * noise, noise, draws=200)[0]
+    assert 0.5 < lo < hi <= 1.0
+    # A class without positives has no interval.
+    assert ap_margin_interval(np.c_[y[:, 0], np.zeros(400, int)], noise, noise, draws=50)[1] is None
 
 
 def test_keras_and_litert_agree_on_the_home_bundle(home):
