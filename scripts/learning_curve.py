@@ -47,7 +47,8 @@ def run_one(cfg: fit_mod.FitConfig, clips, stats) -> dict:
     info = json.loads((out / "metrics.json").read_text())
     row = {"fraction": cfg.train_fraction, "seed": cfg.seed, "epochs": cfg.epochs,
            "train_clips": info["data"]["train_rows"], "train_videos": info["data"].get("train_videos"),
-           "mAP": info["metrics"]["mAP"], "top1": info["metrics"]["top1_accuracy"], "best_epoch": info["best_epochs"][0]}
+           "mAP": info["metrics"]["mAP"], "top1": info["metrics"]["top1_accuracy"], "best_epoch": info["best_epochs"][0],
+           "per_class_ap": {c: v["ap"] for c, v in info["metrics"]["per_class"].items()}}
     sec = (info.get("per_second") or {}).get("validation") or {}
     la1 = sec.get("L1")
     if la1:
@@ -64,6 +65,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             v = [r[key] for r in rs if r.get(key) is not None]
             if v:
                 s[key], s[key + "_spread"] = float(np.mean(v)), float(np.max(v) - np.min(v))
+        s["per_class_ap"] = {c: float(np.mean([r["per_class_ap"][c] for r in rs])) for c in rs[0]["per_class_ap"]}
         out.append(s)
     return out
 
@@ -77,7 +79,7 @@ def per_doubling(summary: list[dict], key: str) -> float | None:
     return (b[key] - a[key]) / math.log2(b["train_clips"] / a["train_clips"])
 
 
-def plot(path: Path, summary: list[dict], title: str) -> None:
+def plot(path: Path, summary: list[dict], title: str, targets: dict[str, float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,19 +88,21 @@ def plot(path: Path, summary: list[dict], title: str) -> None:
     keys = [(k, label) for k, label in (("mAP", "clip mAP (window output)"), ("top1", "clip top-1"),
                                          ("seconds_f1", "per-second micro F1, look-ahead 1"),
                                          ("seconds_mAP", "per-second mAP, look-ahead 1")) if k in summary[0]]
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), dpi=120)
     n = [s["train_clips"] for s in summary]
     for k, label in keys:
         y = [s[k] for s in summary]
         err = [s[k + "_spread"] / 2 for s in summary]
-        ax.errorbar(n, y, yerr=err, marker="o", capsize=3, label=label)
+        line = ax.errorbar(n, y, yerr=err, marker="o", capsize=3, label=label)
+        if targets and k in targets:
+            ax.axhline(targets[k], color=line[0].get_color(), ls="--", lw=1, label=f"target: {label} {targets[k]:g}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [f"{c:,}\n({s['fraction']:g})" for c, s in zip(n, summary)])
     ax.set_xlabel("training clips (share of the training videos)")
     ax.set_ylabel("on the grouped validation split")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -116,6 +120,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--dropout", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--target", action="append", default=[], metavar="KEY=VALUE",
+                    help="draw a target as a dashed line, e.g. mAP=0.80 top1=0.92 seconds_f1=0.78")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -145,12 +151,25 @@ def main() -> None:
             return f"{v:.1f} % (±{d / 2:.1f})" if pct else f"{v:.3f} (±{d / 2:.3f})"
         print(f"| {s['fraction']:g} | {s['train_clips']:,} | {cell('mAP')} | {cell('top1', True)} | "
               f"{cell('seconds_f1')} | {cell('seconds_mAP')} |")
+    classes = list(summary[0]["per_class_ap"])
+    print("\nclip AP per class (mean over seeds):")
+    print("| share | " + " | ".join(classes) + " |")
+    print("|---|" + "---|" * len(classes))
+    for s in summary:
+        print(f"| {s['fraction']:g} | " + " | ".join(f"{s['per_class_ap'][c]:.3f}" for c in classes) + " |")
     gains = {k: per_doubling(summary, k) for k in ("mAP", "top1", "seconds_f1", "seconds_mAP")}
     print("gain per doubling of the data (last two shares): "
           + ", ".join(f"{k} {v:+.4f}" for k, v in gains.items() if v is not None))
     (out / "curve.json").write_text(json.dumps({"rows": rows, "summary": summary, "per_doubling": gains}, indent=2) + "\n")
-    plot(out / "curve.png", summary, f"{args.model}: more training clips, same validation clips "
-         f"({len(args.seeds)} seed(s); bars: spread)")
+    targets = {}
+    for t in args.target:
+        key, _, value = t.partition("=")
+        try:
+            targets[key] = float(value)
+        except ValueError:
+            ap.error(f"--target wants KEY=VALUE with a number, e.g. mAP=0.80; got {t!r}")
+    seeds = "1 seed" if len(args.seeds) == 1 else f"{len(args.seeds)} seeds per share; bars: their spread"
+    plot(out / "curve.png", summary, f"{args.model}: more training clips, same validation clips ({seeds})", targets)
     print(out / "curve.png")
 
 
