@@ -34,6 +34,33 @@ def test_score_timeline_on_made_captions():
     assert timeline.score_timeline(truth, [], ("Speech", "Music"))["missed"] == 2
 
 
+def test_scene_intervals_bootstrap_the_scenes():
+    rng = np.random.default_rng(0)
+    scene = np.repeat(np.arange(60), 10)  # 60 scenes of 10 embeddings
+    truth = np.zeros((600, 2), np.uint8)
+    for k in range(60):
+        if k % 3:
+            truth[10 * k : 10 * k + 10, k % 3 - 1] = 1
+    exact = [Caption(c, a, b) for c in (0, 1) for a, b in timeline._runs(truth[:, c] > 0)]
+    iv = timeline.scene_intervals(truth, exact, scene, draws=200)
+    assert iv["segment_f1"] == [1.0, 1.0] and iv["false_alarm_share"] == [0.0, 0.0]
+    assert iv["method"] == "bootstrap over the stream's 60 scenes (200 draws)"
+    # Noisy captions: every true event captioned a little late, plus false alarms in scenes of nothing.
+    noisy = [Caption(c, a + rng.integers(0, 4), b) for c in (0, 1) for a, b in timeline._runs(truth[:, c] > 0)]
+    noisy += [Caption(0, 10 * k + 2, 10 * k + 5) for k in range(0, 60, 6)]
+    point = timeline.score_timeline(truth, noisy, ("a", "b"))
+    iv = timeline.scene_intervals(truth, noisy, scene, draws=500)
+    lo, hi = iv["segment_f1"]
+    assert lo < point["segment_f1"] < hi and hi - lo < 0.2
+    lo, hi = iv["false_alarm_share"]
+    assert lo < point["false_alarm_share"] < hi
+    # Four times the scenes (the same pattern again): a narrower interval.
+    wide = timeline.scene_intervals(np.tile(truth, (4, 1)), [Caption(cp.cls, cp.start + 600 * r, cp.end + 600 * r)
+                                                           for r in range(4) for cp in noisy],
+                                    np.concatenate([scene + 60 * r for r in range(4)]), draws=500)
+    assert wide["segment_f1"][1] - wide["segment_f1"][0] < 0.7 * (iv["segment_f1"][1] - iv["segment_f1"][0])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_calibration_search_runs_the_trackers_state_machine(seed):
     rng = np.random.default_rng(seed)
