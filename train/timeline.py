@@ -234,6 +234,11 @@ SHOWN_WITHIN_S = 2.0
 """An urgent caption (an alarm) must be on the wall this soon after its sound starts."""
 
 
+def _false_alarm(truth: npt.NDArray[np.bool_], cp: Caption) -> bool:
+    """A caption that overlaps no ground truth of its class at all."""
+    return not truth[max(int(np.floor(cp.start)), 0):int(np.ceil(cp.end)), cp.cls].any()
+
+
 def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Sequence[str]) -> dict[str, Any]:
     """Segment F1, event delays, misses and false alarms of captions against the ground truth.
 
@@ -274,7 +279,7 @@ def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Seq
                 shown.append((first.shown - a) * STEP)
                 shown_all.append(shown[-1])
                 gone_all.append((last.gone - b) * STEP)
-        fa = sum(1 for cp in caps if not t[max(int(np.floor(cp.start)), 0):int(np.ceil(cp.end)), k].any())
+        fa = sum(1 for cp in caps if _false_alarm(t, cp))
         per_class[name] = {
             "segment_f1": f1(tp[k], fp[k], fn[k]),
             "events": len(gt), "missed": missed,
@@ -340,7 +345,7 @@ def scene_intervals(truth: npt.NDArray, captions: Sequence[Caption], scene: npt.
     for cp in captions:
         a = min(max(int(np.floor(cp.start)), 0), n - 1)
         counts[sc[a], 3] += 1
-        counts[sc[a], 4] += not t[max(int(np.floor(cp.start)), 0):int(np.ceil(cp.end)), cp.cls].any()
+        counts[sc[a], 4] += _false_alarm(t, cp)
     rng = np.random.default_rng(seed)
     tot = np.stack([counts[rng.integers(0, ns, ns)].sum(0) for _ in range(draws)]) if ns else np.zeros((1, 5))
     f1 = 2 * tot[:, 0] / np.maximum(2 * tot[:, 0] + tot[:, 1] + tot[:, 2], 1)
