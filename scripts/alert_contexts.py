@@ -35,6 +35,9 @@ from pipeline.classifier import load_classifier  # noqa: E402
 from pipeline.labels import ClassMap  # noqa: E402
 from train import timeline as tl  # noqa: E402
 
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import BAL_TRAIN  # noqa: E402  (../shared's bal_train, where the tests and benches find it)
+
 CONTEXTS = (1, 2, 3, 4, 6)
 
 
@@ -65,7 +68,7 @@ def scores_of(clf, streams, lookahead: int) -> dict[str, np.ndarray]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pipeline/models/audiocap-home")
-    ap.add_argument("--data", default="../shared/audioset/audioset_v1_embeddings/bal_train")
+    ap.add_argument("--data", default=str(BAL_TRAIN))
     ap.add_argument("--budget", type=float, default=tl.URGENT_MAX_FALSE_ALARMS_PER_HOUR,
                     help="false alarms per hour allowed on the calibration streams")
     args = ap.parse_args()

@@ -37,7 +37,9 @@ from train import data as data_mod  # noqa: E402
 from train import fit as fit_mod  # noqa: E402
 from train import models  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/audioset/audioset_v1_embeddings/bal_train"
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import BAL_TRAIN  # noqa: E402  (../shared's bal_train, where the tests and benches find it)
+
 
 
 def run_one(cfg: fit_mod.FitConfig, clips, stats) -> dict:
@@ -110,7 +112,7 @@ def plot(path: Path, summary: list[dict], title: str, targets: dict[str, float] 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=str(BAL_TRAIN))
     ap.add_argument("--out", default="runs/learning-curve")
     ap.add_argument("--model", default="attention_mil", choices=models.MODEL_NAMES)
     ap.add_argument("--classes", default="", help="class set (default: the four classes)")

@@ -38,6 +38,9 @@ from pipeline.labels import ClassMap  # noqa: E402
 from pipeline.events import make_tracker  # noqa: E402
 from train import timeline as tl  # noqa: E402
 
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import BAL_TRAIN  # noqa: E402  (../shared's bal_train, where the tests and benches find it)
+
 CAP = 0.2
 
 
@@ -58,8 +61,7 @@ def best_threshold_counts(score: np.ndarray, truth: np.ndarray) -> tuple[float, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pipeline/models/audiocap-4class")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2]
-                                          / "shared/audioset/audioset_v1_embeddings/bal_train"))
+    ap.add_argument("--data", default=str(BAL_TRAIN))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     clf = load_classifier(args.model, runtime="litert")

@@ -275,13 +275,21 @@ def baseline_scores(
     return out
 
 
-MARGIN_DRAWS = 1000
-MARGIN_LEVEL = 0.9
+BOOTSTRAP_DRAWS = 1000
+"""Draws of every bootstrap interval the evaluations give (AP margins here, the timeline's F1)."""
+INTERVAL_LEVEL = 0.9
+"""Share of the draws those intervals hold (the central part)."""
+
+
+def central_interval(values: npt.ArrayLike, level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """The central ``level`` share of bootstrap draws, ``(low, high)`` rounded to 4 decimals."""
+    lo, hi = np.quantile(np.asarray(values, np.float64), [(1 - level) / 2, (1 + level) / 2])
+    return round(float(lo), 4), round(float(hi), 4)
 
 
 def ap_margin_interval(
-    y: npt.ArrayLike, model: npt.ArrayLike, base: npt.ArrayLike, draws: int = MARGIN_DRAWS,
-    level: float = MARGIN_LEVEL, seed: int = 0,
+    y: npt.ArrayLike, model: npt.ArrayLike, base: npt.ArrayLike, draws: int = BOOTSTRAP_DRAWS,
+    level: float = INTERVAL_LEVEL, seed: int = 0,
 ) -> list[tuple[float, float] | None]:
     """Per class, a paired bootstrap interval of ``AP(model) - AP(base)``.
 
@@ -306,8 +314,7 @@ def ap_margin_interval(
             continue
         diffs = [average_precision_score(y[r, c], m[r, c]) - average_precision_score(y[r, c], b[r, c])
                  for r in rows if y[r, c].any()]
-        lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-        out.append((round(float(lo), 4), round(float(hi), 4)))
+        out.append(central_interval(diffs, level))
     return out
 
 
@@ -327,8 +334,8 @@ def _with_baseline(result: dict[str, Any], clips_train: Any, y_train: npt.NDArra
         for n in names
     }
     result["ap_over_baseline_interval"] = {
-        "level": MARGIN_LEVEL,
-        "method": f"paired bootstrap over the evaluation clips ({MARGIN_DRAWS} draws)",
+        "level": INTERVAL_LEVEL,
+        "method": f"paired bootstrap over the evaluation clips ({BOOTSTRAP_DRAWS} draws)",
         "per_class": dict(zip(names, ap_margin_interval(y_eval, model_scores, base))),
     }
 

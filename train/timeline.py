@@ -50,6 +50,7 @@ from pipeline import params
 from pipeline.chain import CaptionChain, WindowScores
 from pipeline.events import CaptionEvent, EventTracker, make_tracker
 from train import scenes
+from train.evaluate import BOOTSTRAP_DRAWS, INTERVAL_LEVEL, central_interval
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -317,12 +318,8 @@ def score_timeline(truth: npt.NDArray, captions: Sequence[Caption], classes: Seq
     }
 
 
-INTERVAL_DRAWS = 1000
-INTERVAL_LEVEL = 0.9
-
-
 def scene_intervals(truth: npt.NDArray, captions: Sequence[Caption], scene: npt.NDArray,
-                    draws: int = INTERVAL_DRAWS, level: float = INTERVAL_LEVEL, seed: int = 0) -> dict[str, Any]:
+                    draws: int = BOOTSTRAP_DRAWS, level: float = INTERVAL_LEVEL, seed: int = 0) -> dict[str, Any]:
     """How sure a timeline's segment F1 and false-alarm share are: a bootstrap over its scenes.
 
     The stream's scenes are drawn with replacement ``draws`` times; each draw
@@ -350,10 +347,9 @@ def scene_intervals(truth: npt.NDArray, captions: Sequence[Caption], scene: npt.
     tot = np.stack([counts[rng.integers(0, ns, ns)].sum(0) for _ in range(draws)]) if ns else np.zeros((1, 5))
     f1 = 2 * tot[:, 0] / np.maximum(2 * tot[:, 0] + tot[:, 1] + tot[:, 2], 1)
     share = tot[:, 4] / np.maximum(tot[:, 3], 1)
-    q = [(1 - level) / 2, (1 + level) / 2]
     return {"level": level, "method": f"bootstrap over the stream's {ns} scenes ({draws} draws)",
-            "segment_f1": [round(float(v), 4) for v in np.quantile(f1, q)],
-            "false_alarm_share": [round(float(v), 4) for v in np.quantile(share, q)]}
+            "segment_f1": list(central_interval(f1, level)),
+            "false_alarm_share": list(central_interval(share, level))}
 
 
 # --- baselines --------------------------------------------------------------------------
