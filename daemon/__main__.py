@@ -4,8 +4,8 @@ Exit codes (sysexits): 0 clean stop; 2 bad command line; 65 a file or replay
 failed mid-way; 66 input file or replay folder missing; 69 audio device not
 found, PortAudio missing or TF-Hub unreachable (may come back: systemd
 retries); 73 an output file or the journal cannot be created; 78 bad
-configuration, or a model/PCA/classifier path that is wrong; 1 an unexpected
-failure.
+configuration, a model/PCA/classifier path that is wrong, or another
+audiocapd connected to the broker with this node name; 1 an unexpected failure.
 
 SIGHUP re-executes the daemon (same PID, same arguments) once the new
 configuration has been checked and everything accepted was delivered or

@@ -157,7 +157,7 @@ class MqttConfig:
     host: str = _f("localhost", "Broker host.")
     port: int = _f(0, "Broker port; 0 = 1883, or 8883 with TLS.", lo=0, hi=65535)
     prefix: str = _f("audiocap", "First topic level.")
-    client_id: str = _f("", "MQTT client id; empty = audiocap-<node>.")
+    client_id: str = _f("", "MQTT client id; empty = audiocap-<node>-<random, per process>.")
     keepalive_s: int = _f(params.MQTT_KEEPALIVE_SECONDS, "Keep-alive, seconds.", lo=5, hi=3600)
     username: str = _f("", "User name; the password comes from $AUDIOCAP_MQTT_PASSWORD or password_file.")
     password_file: str = _f("", "File holding the broker password (first line).")
@@ -556,12 +556,16 @@ def to_toml(config: Config) -> str:
 
 
 def describe(config: Config) -> str:
-    """One line with the effective configuration for the start-up log (no secrets)."""
-    m = config.mqtt
-    return (
-        f"node={config.daemon.node} source={config.daemon.source} sinks={','.join(config.daemon.sinks)} "
-        f"pace={config.daemon.pace} vggish={config.model.vggish} pca={config.model.pca} "
-        f"classifier={config.model.classifier or '(bundled)'} runtime={config.model.runtime} "
-        f"mqtt={m.host}:{m.effective_port} tls={m.tls} user={m.username or '-'} "
-        f"password={'***' if m.password else '-'}"
-    )
+    """One line with the effective configuration for the start-up log (no secrets),
+    naming only what is in use: no VGGish, PCA or runtime when the source gives
+    embeddings (replay), no broker without an MQTT sink."""
+    d, m = config.daemon, config.model
+    parts = [f"node={d.node} source={d.source} sinks={','.join(d.sinks)} pace={d.pace}"]
+    if not d.source.startswith("replay:"):
+        parts.append(f"vggish={m.vggish} pca={m.pca} runtime={m.runtime}")
+    parts.append(f"classifier={m.classifier or '(bundled)'}")
+    if any(spec.split(":", 1)[0] == "mqtt" for spec in d.sinks):
+        q = config.mqtt
+        parts.append(f"mqtt={q.host}:{q.effective_port} tls={q.tls} user={q.username or '-'} "
+                     f"password={'***' if q.password else '-'}")
+    return " ".join(parts)

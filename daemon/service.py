@@ -134,6 +134,7 @@ class Service:
         self._signal: str | None = None
         self._busy_since: float | None = None
         self._sink_failures: set[int] = set()
+        self._fatal: tuple[int, str] | None = None  # a sink that can never deliver again: (exit code, why)
         self._source_failed = False
         self._hup = threading.Event()
         self.check_reload = check_reload
@@ -271,6 +272,14 @@ class Service:
         self._signal = "SIGHUP"
         self.stop_event.set()
 
+    def _on_sink_fatal(self, code: int, message: str) -> None:
+        """A sink found it can never deliver (another daemon has its node name):
+        the service stops with ``code``; the sink has logged why."""
+        if self._fatal is None:
+            self._fatal = (code, message)
+        self.stop_event.set()
+        self._wake.set()
+
     def request_stop(self) -> None:
         """Asks the service to stop (as SIGTERM does)."""
         self._signal = self._signal or "request"
@@ -344,6 +353,8 @@ class Service:
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
         try:
             for sink in self.sinks:
+                if hasattr(sink, "on_fatal"):
+                    sink.on_fatal = self._on_sink_fatal
                 sink.start()
             self._worker.start()
             self.notifier.ready(f"capturing from {self.source.name}")
@@ -395,8 +406,10 @@ class Service:
 
     def _shutdown(self) -> int:
         t0 = time.monotonic()
-        signalled = self._signal is not None
-        reason = f"signal {self._signal}" if signalled else ("end of source" if self._source_ended else "error")
+        # A fatal sink stops as a signal does: nothing more will be delivered, no point waiting.
+        signalled = self._signal is not None or self._fatal is not None
+        reason = (f"signal {self._signal}" if self._signal else "a sink cannot go on" if self._fatal
+                  else "end of source" if self._source_ended else "error")
         _LOGGER.info("stopping (%s)", reason)
         self.notifier.stopping(f"stopping ({reason})")
         self.stop_event.set()
@@ -419,6 +432,8 @@ class Service:
         self.notifier.close()
         if self._error is not None:
             return 1
+        if self._fatal is not None:
+            return self._fatal[0]
         return EX_DATAERR if self._source_failed and not signalled else 0
 
 

@@ -51,14 +51,18 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from daemon.config import MqttConfig
+from daemon.exitcodes import EX_CONFIG
 from daemon.sinks.base import SinkContext, SinkStats
 from daemon.sinks.journal import Entry, Journal
 from pipeline import captions, params
@@ -152,6 +156,15 @@ class MqttSink:
         self._broker_latencies: collections.deque[float] = collections.deque(maxlen=params.METRICS_HISTORY)
         self.counters = {"published": 0, "acked": 0, "dropped": 0, "scores_skipped": 0, "connects": 0,
                          "resent": 0, "torn": 0, "interrupted": 0}
+        # Who this process is, on its status and state messages (MQTT 5 user
+        # properties): another daemon with the same node name is told apart.
+        self.instance = uuid.uuid4().hex
+        self.since = time.time()
+        self.yielded = False
+        """True once another audiocapd was found connected with this node name (see _check_instance)."""
+        self.on_fatal: Any = None
+        """Called with ``(exit_code, message)`` when the sink can never deliver again (set by the service)."""
+        self._props = self._who(PacketTypes.PUBLISH)
         self.client = self._make_client()
 
     # --- set-up --------------------------------------------------------------------
@@ -167,13 +180,16 @@ class MqttSink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
+        # One client id per process: two daemons given one node name must not
+        # knock each other off the broker (each connect would take over the
+        # other's session); they find each other on the status topic instead.
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"audiocap-{self.ctx.node}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
+            client_id=cfg.client_id or f"audiocap-{self.ctx.node}-{self.instance[:8]}",
+            protocol=mqtt.MQTTv5,
         )
-        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.will_set(self.status_topic, "offline", qos=1, retain=True,
+                        properties=self._who(PacketTypes.WILLMESSAGE))
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password or None)
         if cfg.tls:
@@ -218,7 +234,7 @@ class MqttSink:
         _LOGGER.info("connecting to MQTT broker %s:%d (tls=%s, user %s, journal %s)", cfg.host, cfg.effective_port,
                      cfg.tls, cfg.username or "-", self.spool_path or "none: undelivered captions live in memory only")
         self._pump_thread.start()
-        self.client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
+        self.client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s, clean_start=True)
         self.client.loop_start()
 
     # --- paho callbacks (network thread) --------------------------------------------------
@@ -244,18 +260,82 @@ class MqttSink:
         self._connack_logged = False
         if self.config.discovery:
             client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
+        # Before our own status goes out: another daemon with this node name
+        # then sees it, and we see its answer (see _check_instance).
+        client.subscribe([(self.status_topic, 1), (self._state_topic("+"), 1)])
+        self._announce(pending_states)
+        with self._lock:
+            self._release_if_clear()
+
+    def _announce(self, pending_states: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Says ``online``, the discovery configs and the current states.
+
+        A restarted broker without persistence forgot retained states: they are
+        said again, unless a newer state for that class is still queued (it
+        would be overtaken by this one).
+        """
         self._publish(self.status_topic, "online", qos=1, retain=True)
         if self.config.discovery:
             self._publish_discovery()
-        # A restarted broker without persistence forgot retained states: say them
-        # again, unless a newer state for that class is still queued (it would
-        # be overtaken by this one).
         for name, on in list(self._state.items()):
             topic = self._state_topic(name)
             if topic not in pending_states:
                 self._publish(topic, "ON" if on else "OFF", qos=1, retain=True)
+
+    def _who(self, packet_type: int) -> Properties:
+        """This process's identity as MQTT 5 user properties."""
+        props = Properties(packet_type)
+        props.UserProperty = [("audiocap-instance", self.instance), ("audiocap-since", f"{self.since:.6f}"),
+                              ("audiocap-host", socket.gethostname()), ("audiocap-pid", str(os.getpid()))]
+        return props
+
+    def _check_instance(self, msg: mqtt.MQTTMessage) -> None:
+        """Another daemon using this node name: the one that started later gives way.
+
+        Every status and state message carries its sender's instance id and
+        start time. A message from another instance that arrives live (not a
+        retained one from before we subscribed: that may be a dead process's)
+        means two daemons are connected as one node. The older one says its
+        status and states again (the newer one's overwrote them); the newer
+        one, on hearing the older, logs one line, disconnects without a last
+        will and stops (exit 78): the retained status stays the older one's,
+        true. A dead predecessor's last will (``offline``) is answered the same
+        way, so the status is ours again.
+        """
+        if msg.retain or self.yielded or self._closing:
+            return
+        props = dict(getattr(getattr(msg, "properties", None), "UserProperty", None) or [])
+        other = props.get("audiocap-instance")
+        if not other or other == self.instance:
+            return
+        try:
+            since = float(props.get("audiocap-since", "inf"))
+        except ValueError:
+            since = float("inf")
+        older = (since, other) < (self.since, self.instance)
+        if msg.topic != self.status_topic:  # a state: ours was overwritten, say it again
+            name = next((n for n in self._state if self._state_topic(n) == msg.topic), None)
+            if not older and name is not None:
+                self._publish(msg.topic, "ON" if self._state[name] else "OFF", qos=1, retain=True)
+        elif older and msg.payload == b"online":
+            self._give_way(props)
+        else:  # a newer daemon said online, or a dead one's last will said offline
+            self._announce()
+
+    def _give_way(self, props: dict[str, str]) -> None:
+        self.yielded = True
+        where = f"{props.get('audiocap-host', '?')}, pid {props.get('audiocap-pid', '?')}"
+        message = (f"another audiocapd ({where}) is connected to MQTT broker {self.config.host}:"
+                   f"{self.config.effective_port} as node '{self.ctx.node}'; give each a unique [daemon] node "
+                   "name (or --node); this one stops")
+        _LOGGER.error("%s", message)
         with self._lock:
-            self._release_if_clear()
+            self._flow_open = False
+            self._lock.notify_all()
+        # A clean DISCONNECT: no last will, so the other one's status stays online.
+        self.client.disconnect()
+        if self.on_fatal is not None:
+            self.on_fatal(EX_CONFIG, message)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its ``except OSError`` block: the exception is the reason.
@@ -278,7 +358,7 @@ class MqttSink:
             was = self._connected
             self._connected = False
             self._flow_open = False
-        if self._closing:
+        if self._closing or self.yielded:
             return
         if not was:
             if opened is not None and not self._outage_logged:
@@ -319,6 +399,9 @@ class MqttSink:
             self._lock.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(f"{self.base}/"):
+            self._check_instance(msg)
+            return
         if msg.topic == f"{self.config.discovery_prefix}/status" and msg.payload == b"online":
             _LOGGER.info("Home Assistant came online: re-sending discovery")
             self._publish_discovery()
@@ -411,7 +494,8 @@ class MqttSink:
         """Hands one message to paho; QoS 1 ones are tracked until PUBACK."""
         published = time.time()
         try:
-            info = self.client.publish(msg.topic, msg.payload, qos=qos, retain=msg.retain)
+            info = self.client.publish(msg.topic, msg.payload, qos=qos, retain=msg.retain,
+                                       properties=self._props if msg.retain else None)
         except ValueError as exc:  # a payload paho refuses: never retry it
             _LOGGER.error("MQTT refused a message on %s: %s", msg.topic, exc)
             return False
@@ -584,8 +668,8 @@ class MqttSink:
         connect (paho's connect timeout), and the stop must take under 2 s.
         """
         self._closing = True
-        if self._connected:
-            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+        if self._connected and not self.yielded:
+            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True, properties=self._props)
             try:
                 info.wait_for_publish(timeout=timeout)
             except (RuntimeError, ValueError):  # disconnected meanwhile / queue refused
