@@ -3,7 +3,8 @@
 Exit codes (sysexits): 0 clean stop; 2 bad command line; 65 a file or replay
 failed mid-way; 66 input file or replay folder missing; 69 audio device not
 found, PortAudio missing or TF-Hub unreachable (may come back: systemd
-retries); 73 an output file or the journal cannot be created; 78 bad
+retries); 73 an output file or the journal cannot be created; 75 a run that
+ended with its file or replay did not deliver every caption; 78 bad
 configuration, a model/PCA/classifier path that is wrong, or another
 audiocapd connected to the broker with this node name; 1 an unexpected failure.
 
@@ -66,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("tensorflow", "litert"))
     p.add_argument("--device", metavar="DEV", help="input device for --source mic (name substring or index)")
     p.add_argument("--debug", action="store_true", help="debug logging")
-    p.add_argument("--check-config", action="store_true", help="validate, print the effective configuration, exit")
+    p.add_argument("--check-config", action="store_true",
+                   help="check what start-up checks (configuration, source file, model files and their hashes, "
+                        "output files), print the effective configuration, exit (78 naming any problem)")
+    p.add_argument("--connect", action="store_true",
+                   help="with --check-config: also open the audio device and connect to the broker")
     p.add_argument("--list-devices", action="store_true", help="print the audio input devices and exit")
     p.add_argument("--version", action="version", version=f"audiocapd {_version()}")
     return p
@@ -141,18 +146,17 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EX_CONFIG)
     _setup_logging(config.daemon.log_level)
     if args.check_config:
-        # The thresholds are only complete with the classifier's own (an off
-        # above the model's on): load the classifier, not VGGish.
-        from daemon.models import ModelError, build_models, build_tracker
+        from daemon.checks import check_config
 
-        try:
-            build_tracker(build_models(config.model, need_embedder=False), config.events)
-        except ModelError as exc:
-            return _fail(str(exc), exc.exit_code)
-        except ValueError as exc:
-            return _fail(f"{config.path or 'the configuration'}: [events] {exc}", EX_CONFIG)
+        problems = check_config(config, connect=args.connect)
+        for problem in problems:
+            _fail(problem.message, problem.exit_code)
+        if problems:
+            return problems[0].exit_code
         print(to_toml(config))
         return 0
+    if args.connect:
+        return _fail("--connect goes with --check-config", 2)
     # A full disk under RLIMIT_FSIZE must be a failed write the journal
     # handles, not a signal that kills the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -444,6 +444,7 @@ def load_config(
     if ev.off_ratio == 0:  # every caption would stay on for ever
         raise ConfigError(f"{origins['events'].get('off_ratio', '?')}: [events] off_ratio = 0 would never end "
                           "a caption (expected a ratio above 0, at most 1)")
+    _check_classifier(built["model"], origins["model"])
     _check_class_names(ev, built["model"], origins["events"])
     for cls, off in ev.off_thresholds.items():
         on = ev.thresholds.get(cls)
@@ -467,6 +468,27 @@ def _bundle_classes(model: ModelConfig) -> tuple[str, str] | tuple[tuple[str, ..
     except Exception:  # noqa: BLE001 - reported when the models load
         return (), model.classifier or "the bundled model"
     return tuple(meta["_class_names"]), f"{meta.get('name')}@{meta.get('version')}"
+
+
+def _check_classifier(model: ModelConfig, origins: Mapping[str, str]) -> None:
+    """``[model] classifier`` must be a bundle directory or a shipped bundle's name (a typo names the file)."""
+    if not model.classifier:
+        return
+    try:
+        from pipeline.classifier import resolve_bundle, shipped_bundles
+
+        if resolve_bundle(model.classifier).is_dir():
+            return
+        names = list(shipped_bundles())
+    except Exception:  # noqa: BLE001 - reported when the models load
+        return
+    import difflib
+
+    close = difflib.get_close_matches(model.classifier, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"{origins.get('classifier', '?')}: [model] classifier: {model.classifier!r} is neither a "
+                      f"bundle directory nor a shipped bundle ({', '.join(names)}); {hint}leave it empty for "
+                      "the default bundle")
 
 
 def _check_class_names(ev: EventsConfig, model: ModelConfig, origins: Mapping[str, str]) -> None:

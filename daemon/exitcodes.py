@@ -16,6 +16,9 @@ EX_UNAVAILABLE = 69
 """A device, PortAudio or a TF-Hub host is unavailable; a retry may succeed."""
 EX_CANTCREAT = 73
 """An output file (subtitles) cannot be created."""
+EX_TEMPFAIL = 75
+"""A run that ended with its file or replay did not deliver every caption
+(broker unreachable, queue full); those kept in the journal go at the next start."""
 EX_CONFIG = 78
 """The configuration, or a model/PCA/classifier path it names, is wrong."""
 

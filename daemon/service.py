@@ -41,7 +41,7 @@ import numpy as np
 
 from daemon.chain import CaptionChain, WindowScores
 from daemon.config import Config
-from daemon.exitcodes import EX_DATAERR
+from daemon.exitcodes import EX_DATAERR, EX_TEMPFAIL
 from daemon.sdnotify import Notifier
 from daemon.sinks.base import Sink
 from daemon.sources import AudioBlock, Block, EmbeddingBlock, Source
@@ -345,7 +345,10 @@ class Service:
 
         Returns:
           The process exit code: 0 after a clean stop, 1 if the chain kept
-          failing, ``EX_DATAERR`` (65) if a file or replay failed mid-way.
+          failing, ``EX_DATAERR`` (65) if a file or replay failed mid-way,
+          ``EX_TEMPFAIL`` (75) if a run that ended with its source did not
+          deliver every caption, the code a sink gave up with (78: another
+          daemon has this node name).
         """
         old_handlers = {}
         if self.handle_signals:
@@ -427,14 +430,30 @@ class Service:
         for sink in self.sinks:
             self._call(sink, "close")
         m = self.metrics()
-        _LOGGER.info("stopped after %.1f s of audio, %d caption edges, %d dropped, in %.2f s",
-                     m["audio_s"], m["events"], m["dropped_captions"], time.monotonic() - t0)
+        stats = [sink.stats() for sink in self.sinks]
+        undelivered = sum(st.undelivered for st in stats)
+        kept = sum(st.kept for st in stats)
+        dropped = m["dropped_captions"]
+        if dropped or undelivered:
+            lost = dropped + undelivered - kept
+            _LOGGER.error("stopped after %.1f s of audio, %d caption edges; %d caption message(s) NOT delivered: "
+                          "%d lost (%d dropped by a full queue, %d undelivered at exit), %d kept in the journal "
+                          "for the next start; in %.2f s", m["audio_s"], m["events"], dropped + undelivered, lost,
+                          dropped, undelivered - kept, kept, time.monotonic() - t0)
+        else:
+            _LOGGER.info("stopped after %.1f s of audio, %d caption edges, every caption delivered, in %.2f s",
+                         m["audio_s"], m["events"], time.monotonic() - t0)
         self.notifier.close()
         if self._error is not None:
             return 1
         if self._fatal is not None:
             return self._fatal[0]
-        return EX_DATAERR if self._source_failed and not signalled else 0
+        if signalled:
+            return 0
+        if self._source_failed:
+            return EX_DATAERR
+        # A finite run whose captions did not all arrive must not look like success.
+        return EX_TEMPFAIL if dropped or undelivered else 0
 
 
 def _one_line(exc: BaseException) -> str:

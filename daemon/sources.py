@@ -392,10 +392,16 @@ def input_devices() -> list[dict[str, Any]]:
 def format_devices(devices: list[dict[str, Any]]) -> str:
     """``--list-devices`` output, one device per line."""
     if not devices:
-        return "no audio input devices found"
+        return "no audio input devices found" + NO_SOUND_CARD_HINT
     return "\n".join(
         f"{d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['rate']:.0f} Hz, {d['hostapi']})" for d in devices
     )
+
+
+NO_SOUND_CARD_HINT = ("; no sound card? docs/daemon.md's \"A virtual microphone (no sound card)\" makes one "
+                      "with PulseAudio, or caption a recording: --source file:PATH (or replay:DIR of AudioSet "
+                      "tfrecords)")
+"""Appended when no input device exists at all: the way out for a box without a sound card."""
 
 
 def resolve_device(spec: str) -> int | None:
@@ -416,9 +422,10 @@ def resolve_device(spec: str) -> int | None:
         try:
             default = sd.query_devices(kind="input")
         except Exception:
+            listed = "; ".join(f"{d['index']} {d['name']!r}" for d in devices)
             raise SourceError(
-                "no default audio input device; available: "
-                + ("; ".join(f"{d['index']} {d['name']!r}" for d in devices) or "none")
+                f"no default audio input device; available: {listed or 'none'}"
+                + ("" if listed else NO_SOUND_CARD_HINT)
             ) from None
         return int(default["index"]) if "index" in default else None
     if spec.isdigit():
@@ -431,9 +438,10 @@ def resolve_device(spec: str) -> int | None:
         match = exact or partial
         if match:
             return match[0]["index"]
-    available = "; ".join(f"{d['index']} {d['name']!r}" for d in devices) or "none"
+    available = "; ".join(f"{d['index']} {d['name']!r}" for d in devices)
     raise SourceError(
-        f"audio input device {spec!r} not found (input devices: {available}; see audiocapd --list-devices)"
+        f"audio input device {spec!r} not found (input devices: {available or 'none'}; see audiocapd "
+        f"--list-devices){'' if available else NO_SOUND_CARD_HINT}"
     )
 
 

@@ -115,6 +115,10 @@ FILE_BLOCK_SECONDS = 0.1
 """Block length the file source reads (and, at real-time pace, sleeps)."""
 MQTT_PORT = 1883
 MQTT_TLS_PORT = 8883
+DISPLAY_MQTT_PORT = 1884
+"""The MQTT listener of display/mosquitto-local.conf (beside a system broker on 1883)."""
+DISPLAY_WS_PORT = 9001
+"""The display's websockets listener (display/mosquitto*.conf): not for the daemon's plain MQTT."""
 MQTT_KEEPALIVE_SECONDS = 30
 MQTT_RECONNECT_MIN_SECONDS = 1
 MQTT_RECONNECT_MAX_SECONDS = 30

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from daemon.config import Config, parse_sink
-from daemon.exitcodes import EX_CANTCREAT, ExitError
+from daemon.exitcodes import EX_CANTCREAT, EX_UNAVAILABLE, ExitError
 from daemon.sinks.base import Sink, SinkContext, SinkStats
 from daemon.sinks.stdout import StdoutSink
 from daemon.sinks.subtitles import SubtitleSink
 
-__all__ = ["KINDS", "Sink", "SinkContext", "SinkStats", "StdoutSink", "SubtitleSink", "check_sinks", "make_sinks"]
+__all__ = ["KINDS", "Sink", "SinkContext", "SinkStats", "StdoutSink", "SubtitleSink", "check_sinks", "make_sinks",
+           "probe_sinks"]
 
 
 def _mqtt(config: Config, ctx: SinkContext, arg: str) -> Any:
@@ -46,6 +47,12 @@ def _check_mqtt(config: Config, arg: str) -> None:
         raise ExitError(f"{config.path or 'the configuration'}: {exc}", EX_CANTCREAT) from None
 
 
+def _probe_mqtt(config: Config, arg: str) -> str | None:
+    from daemon.sinks.mqtt import probe_broker
+
+    return probe_broker(config.mqtt)
+
+
 def _check_subtitles(config: Config, arg: str) -> None:
     try:
         with open(arg, "a", encoding="utf-8"):
@@ -62,17 +69,20 @@ class SinkKind:
       build: ``(config, ctx, arg) -> sink``.
       check: ``(config, arg) -> None``, run at start-up before the models load;
         raises :class:`daemon.exitcodes.ExitError` (one line, an exit code).
+      probe: ``(config, arg) -> None or why not``: reaches the remote end once
+        (``--check-config --connect``); ``None`` for local sinks.
     """
 
     build: Callable[[Config, SinkContext, str], Any]
     check: Callable[[Config, str], None]
+    probe: Callable[[Config, str], str | None] | None = None
 
 
 KINDS: dict[str, SinkKind] = {
     "stdout": SinkKind(lambda config, ctx, arg: StdoutSink(ctx), lambda config, arg: None),
     "vtt": SinkKind(lambda config, ctx, arg: SubtitleSink(arg, "vtt"), _check_subtitles),
     "srt": SinkKind(lambda config, ctx, arg: SubtitleSink(arg, "srt"), _check_subtitles),
-    "mqtt": SinkKind(_mqtt, _check_mqtt),
+    "mqtt": SinkKind(_mqtt, _check_mqtt, _probe_mqtt),
 }
 """Sink kind (the part of ``--sink`` before ``:``) -> how to check and build it."""
 
@@ -86,6 +96,18 @@ def check_sinks(config: Config) -> None:
     for spec in config.daemon.sinks:
         kind, arg = parse_sink(spec)
         KINDS[kind].check(config, arg)
+
+
+def probe_sinks(config: Config) -> list[tuple[str, int]]:
+    """Reaches every remote sink once; returns ``(why not, exit code)`` for each that failed."""
+    out = []
+    for spec in config.daemon.sinks:
+        kind, arg = parse_sink(spec)
+        probe = KINDS[kind].probe
+        problem = probe(config, arg) if probe is not None else None
+        if problem:
+            out.append((problem, EX_UNAVAILABLE))
+    return out
 
 
 def make_sinks(config: Config, ctx: SinkContext) -> list[Sink]:

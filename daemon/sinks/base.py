@@ -45,6 +45,9 @@ class SinkStats:
       connected: whether the remote end is reachable; ``None`` for local sinks.
       latencies_s: recent end-of-audio-block -> delivery latencies, seconds.
       extra: kind-specific counters, for the debug log only.
+      undelivered: caption messages accepted and still not delivered when the
+        sink closed (0 before that).
+      kept: of those, how many wait on disk for the next start (a journal).
     """
 
     kind: str
@@ -54,6 +57,8 @@ class SinkStats:
     connected: bool | None = None
     latencies_s: tuple[float, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    undelivered: int = 0
+    kept: int = 0
 
 
 class Sink(Protocol):

@@ -162,6 +162,10 @@ class MqttSink:
         self.since = time.time()
         self.yielded = False
         """True once another audiocapd was found connected with this node name (see _check_instance)."""
+        self.undelivered = 0
+        """Caption messages (events, onsets, states) not delivered when the sink closed."""
+        self.kept = 0
+        """Of those, the ones kept in the journal for the next start."""
         self.on_fatal: Any = None
         """Called with ``(exit_code, message)`` when the sink can never deliver again (set by the service)."""
         self._props = self._who(PacketTypes.PUBLISH)
@@ -190,17 +194,7 @@ class MqttSink:
         )
         client.will_set(self.status_topic, "offline", qos=1, retain=True,
                         properties=self._who(PacketTypes.WILLMESSAGE))
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password or None)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=cfg.ca_file or None,
-                certfile=cfg.cert_file or None,
-                keyfile=cfg.key_file or None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            client.tls_insecure_set(cfg.tls_insecure)
+        _credentials(client, cfg)
         # Our own queue bounds what waits (see _publish); paho only holds what is in flight.
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
@@ -349,8 +343,9 @@ class MqttSink:
             _LOGGER.error("TLS handshake with MQTT broker %s:%d failed: %s; retrying with back-off, captions are "
                           "queued", host, port, _reason(exc))
         else:
-            _LOGGER.warning("cannot reach MQTT broker %s:%d (%s); retrying with back-off, captions are queued",
-                            host, port, _reason(exc) if exc is not None else "connection failed")
+            _LOGGER.warning("cannot reach MQTT broker %s:%d (%s); retrying with back-off, captions are queued%s",
+                            host, port, _reason(exc) if exc is not None else "connection failed",
+                            connect_hint(self.config, exc))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         opened, self._tcp_open_at = self._tcp_open_at, None
@@ -363,8 +358,8 @@ class MqttSink:
         if not was:
             if opened is not None and not self._outage_logged:
                 _LOGGER.warning("MQTT broker %s:%d took the TCP connection but never answered CONNECT (%s); "
-                                "retrying with back-off, captions are queued",
-                                self.config.host, self.config.effective_port, reason)
+                                "retrying with back-off, captions are queued%s",
+                                self.config.host, self.config.effective_port, reason, connect_hint(self.config, None))
                 self._outage_logged = True
             return
         if not self._outage_logged:
@@ -481,8 +476,9 @@ class MqttSink:
         self._connack_logged = True
         self._outage_logged = True
         _LOGGER.warning("MQTT broker %s:%d took the TCP connection %.0f s ago but has not answered CONNECT "
-                        "(not an MQTT broker, or overloaded?); captions are queued",
-                        self.config.host, self.config.effective_port, time.monotonic() - opened)
+                        "(not an MQTT broker, or overloaded?); captions are queued%s",
+                        self.config.host, self.config.effective_port, time.monotonic() - opened,
+                        connect_hint(self.config, None))
 
     def _count_drop(self, topic: str, n: int = 1) -> None:
         self.counters["dropped"] += n
@@ -699,18 +695,17 @@ class MqttSink:
 
     def _close_journal(self) -> None:
         with self._lock:
-            left = [m for m in [*self._unacked.values(), *self._held] if m.topic.endswith("/events")
-                    or "/state/" in m.topic]
+            self.undelivered = sum(1 for m in [*self._unacked.values(), *self._held] if m.seq or _is_caption(m.topic))
         if self.journal is None:
-            if left:
+            if self.undelivered:
                 _LOGGER.error("%d caption/state message(s) undelivered at exit and no journal is set "
-                              "([mqtt] spool_file): they are lost", len(left))
+                              "([mqtt] spool_file): they are lost", self.undelivered)
             return
-        pending = self.journal.pending
+        self.kept = self.journal.pending
         self.journal.close()
-        if pending:
+        if self.kept:
             _LOGGER.warning("%d caption/state message(s) not delivered: kept in %s for the next start",
-                            pending, self.spool_path)
+                            self.kept, self.spool_path)
 
     def _load_journal(self) -> None:
         """Queues what the last run did not deliver, ahead of anything new, and
@@ -784,6 +779,8 @@ class MqttSink:
             dropped=self.counters["dropped"],
             connected=self._connected,
             latencies_s=tuple(self.latencies()),
+            undelivered=self.undelivered,
+            kept=self.kept,
             extra={**{k: v for k, v in self.counters.items() if k not in ("acked", "dropped")},
                    **{f"journal_{k}": v for k, v in journal.items()}},
         )
@@ -794,6 +791,83 @@ def onset_payload(event: dict[str, Any]) -> dict[str, Any]:
     fires ``event_type`` and keeps the other keys as the event's attributes."""
     keys = ("event_id", "caption", "urgent", "score", "start", "level_dbfs", "node", "source")
     return {"event_type": event["label"], **{k: event.get(k) for k in keys}}
+
+
+def _credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """User, password and TLS as ``[mqtt]`` says."""
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password or None)
+    if cfg.tls:
+        client.tls_set(
+            ca_certs=cfg.ca_file or None,
+            certfile=cfg.cert_file or None,
+            keyfile=cfg.key_file or None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        client.tls_insecure_set(cfg.tls_insecure)
+
+
+def probe_broker(cfg: MqttConfig, timeout: float = CONNACK_WARN_S) -> str | None:
+    """Connects once as the daemon would (address, TLS, credentials) and disconnects.
+
+    Returns:
+      ``None`` when the broker accepted the connection, else one line saying why not.
+    """
+    host, port = cfg.host, cfg.effective_port
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"audiocap-check-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5)
+    _credentials(client, cfg)
+    answer: list[Any] = []
+    client.on_connect = lambda c, u, f, reason, p: answer.append(reason)
+    try:
+        client.connect(host, port, keepalive=cfg.keepalive_s)
+    except ssl.SSLError as exc:
+        return f"TLS handshake with MQTT broker {host}:{port} failed: {_reason(exc)}"
+    except OSError as exc:
+        return f"cannot reach MQTT broker {host}:{port} ({_reason(exc)}){connect_hint(cfg, exc)}"
+    deadline = time.monotonic() + timeout
+    closed = False
+    try:
+        while not answer and not closed and time.monotonic() < deadline:
+            closed = client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS
+    finally:
+        client.disconnect()
+    if not answer:
+        what = "closed it" if closed else f"did not answer within {timeout:.0f} s"
+        return f"{host}:{port} took the TCP connection but {what} instead of answering MQTT's CONNECT" + \
+            connect_hint(cfg, None)
+    if answer[0].is_failure:
+        return f"MQTT broker {host}:{port} refused the connection: {answer[0]}"
+    return None
+
+
+def connect_hint(cfg: MqttConfig, exc: BaseException | None) -> str:
+    """What to try when a connection fails, for the README's live steps ("" when nothing useful).
+
+    ``exc`` is the connection error, or ``None`` for a peer that took the TCP
+    connection but never answered CONNECT (what a websockets listener does).
+    """
+    port = cfg.effective_port
+    plain = (f"the daemon speaks plain MQTT: {params.MQTT_PORT} for a system broker, {params.DISPLAY_MQTT_PORT} "
+             "for display/mosquitto-local.conf (--mqtt-port)")
+    if port == params.DISPLAY_WS_PORT:
+        return f"; {port} is the display's websockets port, and {plain}"
+    if exc is None:
+        return f"; if {port} is a websockets port (the display's is {params.DISPLAY_WS_PORT}): {plain}"
+    if isinstance(exc, ConnectionRefusedError) and cfg.host in ("localhost", "127.0.0.1", "::1"):
+        local = (f"`mosquitto -c display/mosquitto-local.conf` (from the checkout) listens on "
+                 f"{params.DISPLAY_MQTT_PORT}")
+        if port == params.MQTT_PORT:
+            return (f"; no broker on this machine? Install one (`sudo apt install mosquitto`), or {local}: "
+                    f"add --mqtt-port {params.DISPLAY_MQTT_PORT}")
+        return f"; is mosquitto running? {local}"
+    return ""
+
+
+def _is_caption(topic: str) -> bool:
+    """A caption's message (event, onset, state), as opposed to status, discovery, scores, metrics."""
+    return topic.endswith(("/events", "/onsets")) or "/state/" in topic
 
 
 def spool_path(config: MqttConfig) -> Path | None:

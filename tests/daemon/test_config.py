@@ -16,6 +16,14 @@ def _write(tmp_path, text: str):
     return p
 
 
+def _replay_dir(tmp_path):
+    """A replay source --check-config accepts (a folder with a *.tfrecord): it needs no VGGish or PCA."""
+    d = tmp_path / "replay"
+    d.mkdir(exist_ok=True)
+    (d / "clip.tfrecord").write_bytes(b"")
+    return f"replay:{d}"
+
+
 def test_defaults_work_and_are_frozen(tmp_path):
     cfg = load_config(_write(tmp_path, ""))
     assert cfg.daemon.source == "mic" and cfg.daemon.sinks == ("mqtt",)
@@ -98,7 +106,7 @@ def test_odd_rates_that_resample_are_accepted(tmp_path):
 def test_check_config_refuses_an_off_threshold_above_the_models_on(tmp_path, classifier_dir):
     p = _write(tmp_path, "[events]\noff_thresholds = { Music = 0.99 }\n")
     r = dhelpers.run_daemon("--config", str(p), "--check-config", "--classifier", str(classifier_dir),
-                            "--runtime", "litert", timeout=120)
+                            "--runtime", "litert", "--source", _replay_dir(tmp_path), timeout=120)
     lines = dhelpers.error_lines(r.stderr)
     assert r.returncode == 78, r.stderr[-2000:]
     assert len(lines) == 1 and str(p) in lines[0] and "Music" in lines[0] and "Traceback" not in r.stderr
@@ -138,7 +146,8 @@ def test_cli_exit_78_and_check_config(tmp_path):
     pw.write_text("topsecret\n")
     good = tmp_path / "good.toml"
     good.write_text(f"[mqtt]\nusername = \"u\"\npassword_file = \"{pw}\"\n")
-    r = dhelpers.run_daemon("--config", str(good), "--check-config", "--mqtt-port", "1999", timeout=60)
+    r = dhelpers.run_daemon("--config", str(good), "--check-config", "--mqtt-port", "1999",
+                            "--source", _replay_dir(tmp_path), timeout=60)
     assert r.returncode == 0, r.stderr
     assert "port = 1999" in r.stdout and "(set, masked)" in r.stdout
     assert "topsecret" not in r.stdout + r.stderr
@@ -155,3 +164,18 @@ def test_per_class_keys_follow_the_classes_of_the_chosen_bundle(tmp_path):
         load_config(p)
     assert "[events] captions.Alarm: unknown class (the classifier audiocap-4class@0.4 has Speech, Animal, Music, " \
            "Vehicle)" in str(info.value) and str(p) in str(info.value)
+
+
+@pytest.mark.parametrize("origin", ["file", "flag"])
+def test_a_classifier_name_typo_names_where_it_came_from(tmp_path, origin):
+    if origin == "file":
+        p = _write(tmp_path, '[model]\nclassifier = "audiocap-hom"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(p)
+        where = str(p)
+    else:
+        with pytest.raises(ConfigError) as info:
+            load_config(_write(tmp_path, ""), {("model", "classifier"): ("audiocap-hom", "--classifier")})
+        where = "--classifier"
+    text = str(info.value)
+    assert text.startswith(f"{where}: [model] classifier: 'audiocap-hom'") and "did you mean 'audiocap-home'" in text
