@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect", action="store_true",
                    help="with --check-config: also open the audio device and connect to the broker")
     p.add_argument("--list-devices", action="store_true", help="print the audio input devices and exit")
+    p.add_argument("--retire-node", metavar="NAME",
+                   help="clear node NAME's retained status, states and Home Assistant discovery on the broker "
+                        "([mqtt] of the configuration), so displays and Home Assistant forget it; exit")
     p.add_argument("--version", action="version", version=f"audiocapd {_version()}")
     return p
 
@@ -119,6 +122,27 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _retire(config: Any, node: str) -> int:
+    from daemon.config import EX_CONFIG, sanitize_node
+    from daemon.retire import retire_node
+
+    if not node or sanitize_node(node) != node:
+        return _fail(f"--retire-node: {node!r} is not a node name (letters, digits, _ and -)", EX_CONFIG)
+    try:
+        done = retire_node(config.mqtt, node)
+    except ExitError as exc:
+        return _fail(str(exc), exc.exit_code)
+    where = f"MQTT broker {config.mqtt.host}:{config.mqtt.effective_port}"
+    if not done.topics:
+        others = ", ".join(done.other_nodes) or "none"
+        print(f"nothing retained for node '{node}' on {where} (nodes there: {others})")
+    else:
+        print(f"retired node '{node}' on {where}: cleared {len(done.topics)} retained topic(s)")
+        for topic in done.topics:
+            print(f"  {topic}")
+    return 0
+
+
 RELOAD = -1
 """What :func:`run` returns when the daemon stopped for a SIGHUP reload."""
 
@@ -157,6 +181,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.connect:
         return _fail("--connect goes with --check-config", 2)
+    if args.retire_node is not None:
+        return _retire(config, args.retire_node)
     # A full disk under RLIMIT_FSIZE must be a failed write the journal
     # handles, not a signal that kills the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

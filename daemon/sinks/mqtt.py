@@ -194,7 +194,7 @@ class MqttSink:
         )
         client.will_set(self.status_topic, "offline", qos=1, retain=True,
                         properties=self._who(PacketTypes.WILLMESSAGE))
-        _credentials(client, cfg)
+        credentials(client, cfg)
         # Our own queue bounds what waits (see _publish); paho only holds what is in flight.
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
@@ -793,7 +793,7 @@ def onset_payload(event: dict[str, Any]) -> dict[str, Any]:
     return {"event_type": event["label"], **{k: event.get(k) for k in keys}}
 
 
-def _credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
+def credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
     """User, password and TLS as ``[mqtt]`` says."""
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password or None)
@@ -817,7 +817,7 @@ def probe_broker(cfg: MqttConfig, timeout: float = CONNACK_WARN_S) -> str | None
     host, port = cfg.host, cfg.effective_port
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"audiocap-check-{uuid.uuid4().hex[:8]}",
                          protocol=mqtt.MQTTv5)
-    _credentials(client, cfg)
+    credentials(client, cfg)
     answer: list[Any] = []
     client.on_connect = lambda c, u, f, reason, p: answer.append(reason)
     try:
