@@ -147,7 +147,11 @@ def build_models(cfg: ModelConfig, need_embedder: bool = True) -> Models:
     vggish = _load_vggish(cfg) if need_embedder else None
     classifier = _load_classifier(cfg)
     model_id = f"{getattr(classifier, 'name', 'classifier')}@{getattr(classifier, 'version', '0')}"
-    _LOGGER.info("classifier %s loaded (%s runtime), classes %s", model_id, cfg.runtime, ", ".join(classifier.classes))
+    # One line, in the config's words (tensorflow | litert) for both networks:
+    # the classifier runs on LiteRT whenever it is installed, whatever VGGish runs on.
+    on = "litert" if getattr(classifier, "runtime", cfg.runtime) == "litert" else "tensorflow"
+    vggish_part = f"VGGish {cfg.vggish} on {cfg.runtime}, " if need_embedder else ""
+    _LOGGER.info("models: %sclassifier %s on %s, classes %s", vggish_part, model_id, on, ", ".join(classifier.classes))
     return Models(classifier=classifier, model_id=model_id, vggish=vggish, postprocessor=postprocessor)
 
 

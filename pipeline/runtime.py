@@ -59,6 +59,8 @@ def load_embedding_model(source: str | os.PathLike, runtime: str = "tensorflow",
                 f"cannot load the VGGish TFLite model: {exc}. Export one with "
                 "`audiocap-train export-vggish --source SOURCE --out DIR`"
             ) from None
+    from pipeline.quiet import import_tensorflow
     from pipeline.vggish import load_vggish
 
+    import_tensorflow()  # before load_vggish imports it: without the native chatter
     return load_vggish(src)

@@ -1,7 +1,9 @@
 """A small LiteRT (TFLite) runner shared by the VGGish and classifier runtimes.
 
 Uses ``ai_edge_litert`` (no TensorFlow import); falls back to
-``tf.lite.Interpreter`` only where LiteRT is not installed.
+``tf.lite.Interpreter`` only where LiteRT is not installed. The interpreter is
+created and its tensors allocated at once, inside :func:`pipeline.quiet.native_stderr`:
+that is when LiteRT prints its XNNPACK line, which stays out of the log.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from pipeline.quiet import native_stderr
 
 
 def _interpreter_class():
@@ -43,7 +47,9 @@ class TFLiteModel:
         if not self.path.is_file():
             raise FileNotFoundError(f"TFLite model not found: {self.path}")
         try:
-            self._interp = _interpreter_class()(model_path=str(self.path), num_threads=num_threads)
+            with native_stderr():
+                self._interp = _interpreter_class()(model_path=str(self.path), num_threads=num_threads)
+                self._interp.allocate_tensors()
         except Exception as exc:
             raise ValueError(f"{self.path} is not a valid TFLite model: {exc}") from None
         inp = self._interp.get_input_details()
@@ -56,7 +62,7 @@ class TFLiteModel:
         self._out_index = out[0]["index"]
         self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
         self.input_dtype = np.dtype(self._in["dtype"])
-        self._batch = -1
+        self._batch = int(self._in["shape"][0])
 
     def __call__(self, x: npt.ArrayLike) -> npt.NDArray:
         arr = np.ascontiguousarray(x, dtype=self.input_dtype)
