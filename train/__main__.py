@@ -1,11 +1,13 @@
-"""``audiocap-train``: fit | evaluate | export | experiments | export-vggish.
+"""``audiocap-train``: fit | evaluate | export | experiments | timeline | export-vggish.
 
-Logs go to stderr; ``evaluate`` prints exactly one JSON object on stdout.
+Logs and training progress go to stderr; ``evaluate`` and ``timeline`` print
+exactly one JSON object on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -25,17 +27,31 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="clips with fewer than 10 frames: skip (default) or pad by repeating the clip")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default when it has one worth showing (not None, False or an empty string)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, "", argparse.SUPPRESS) or "%(default)" in text or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     from train import fit as fit_mod
     from train import models
     from train.timeline import URGENT_MAX_FALSE_ALARMS_PER_HOUR
 
-    ap = argparse.ArgumentParser(prog="audiocap-train", description=__doc__.splitlines()[0])
+    fmt = _HelpFormatter
+    ap = argparse.ArgumentParser(
+        prog="audiocap-train", formatter_class=fmt,
+        description="Train, evaluate and export audiocap's classifier bundles; measure the caption timeline. "
+                    "Logs and progress go to stderr, results (JSON, paths) to stdout.")
     ap.add_argument("--debug", action="store_true", help="debug logging")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = fit_mod.FitConfig(data=[], out="")
-    f = sub.add_parser("fit", help="train a classifier and write a run directory")
+    f = sub.add_parser("fit", formatter_class=fmt, help="train a classifier and write a run directory")
     f.add_argument("--data", required=True, nargs="+", help="tfrecord directory, glob or files")
     f.add_argument("--out", required=True, help="run directory to write")
     f.add_argument("--model", choices=models.MODEL_NAMES, default=d.model,
@@ -87,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="scene-trained models: per-second loss weight of the last two positions")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("evaluate", help="metrics of a bundle on tfrecords (one JSON object on stdout)")
+    e = sub.add_parser("evaluate", formatter_class=fmt,
+                       help="metrics of a bundle on tfrecords (one JSON object on stdout)")
     e.add_argument("--model", help="bundle directory (default: the shipped bundle)")
     e.add_argument("--data", required=True, nargs="+", help="tfrecord directory, glob or files")
     e.add_argument("--runtime", choices=("auto", "litert", "keras"), default="keras")
@@ -100,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --split val: also fit the reference model (logistic regression per class on mean+max "
                         "pooled embeddings) on the training side and print its per-class AP")
 
-    x = sub.add_parser("export", help="write a model bundle from a run directory")
+    x = sub.add_parser("export", formatter_class=fmt, help="write a model bundle from a run directory")
     x.add_argument("--run", required=True, help="run directory written by fit")
     x.add_argument("--out", required=True, help="bundle directory to write")
     x.add_argument("--name", default="audiocap-classifier")
@@ -113,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="take the per-second model (seconds.keras/.tflite and its validation) from this bundle "
                         "and only the window model from the run")
 
-    g = sub.add_parser("experiments", help="rerun the paper's grid, leak-free and leaky")
+    g = sub.add_parser("experiments", formatter_class=fmt, help="rerun the paper's grid, leak-free and leaky")
     g.add_argument("--data", required=True, nargs="+")
     g.add_argument("--out", required=True, help="directory for results.json, the table and the chart")
     g.add_argument("--epochs", type=int, default=3)
@@ -127,9 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_options(g)
     g.set_defaults(mapping="direct")
 
-    t = sub.add_parser("timeline", help="caption timeline: how captions follow the sound (one JSON object on stdout)")
+    t = sub.add_parser("timeline", formatter_class=fmt,
+                       help="caption timeline: how captions follow the sound (one JSON object on stdout)")
     t.add_argument("--model", help="bundle directory (default: the shipped bundle)")
-    t.add_argument("--data", required=True, nargs="+", help="tfrecord directory, glob or files (bal_train)")
+    t.add_argument("--data", nargs="+", help="tfrecord directory, glob or files (bal_train): the curated stream")
+    t.add_argument("--strong", metavar="DIR",
+                   help="instead: natural streams of strong-labelled clips (strong_dev.tfrecord, strong_labels.tsv), "
+                        "scored against their strong labels with sed_eval and sed_scores_eval")
+    t.add_argument("--folds", type=int, default=5,
+                   help="--strong: folds by video_id, each its own stream; --calibrate fits on the others")
     t.add_argument("--half", choices=("report", "calibration", "all"), default="report",
                    help="which half of the grouped validation split's videos to stream (default: report)")
     t.add_argument("--seed", type=int, default=0, help="stream seed")
@@ -146,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--write-tfrecords", metavar="DIR",
                    help="also write the stream as tfrecords, to replay it: audiocapd --source replay:DIR")
 
-    v = sub.add_parser("export-vggish", help="export VGGish to TFLite (float32, int8) and a SavedModel")
+    v = sub.add_parser("export-vggish", formatter_class=fmt,
+                       help="export VGGish to TFLite (float32, int8) and a SavedModel")
     v.add_argument("--source", required=True, help="VGGish checkpoint, SavedModel dir or TF-Hub handle")
     v.add_argument("--out", required=True, help="output directory")
     v.add_argument("--no-savedmodel", dest="savedmodel", action="store_false")
@@ -163,12 +187,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         class_weights=args.class_weights, loss=args.loss, normalise=args.normalise, last_pool=args.last_pool, hidden=args.hidden,
         dropout=args.dropout, aux_weight=args.aux_weight, ensemble=args.ensemble, members=args.members, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, strategy=args.strategy,
-        select_best=args.select_best, stream=args.stream, verbose=0 if args.quiet else 1,
+        select_best=args.select_best, stream=args.stream,
+        # A progress bar on a terminal; one line per epoch when stderr is a file.
+        verbose=0 if args.quiet else (1 if sys.stderr.isatty() else 2),
         lookahead=args.lookahead, scene_windows=args.scene_windows, young_share=args.young_share,
         edge_weight=args.edge_weight, mixed_scenes=args.mixed_scenes,
         extra={"command": " ".join(["audiocap-train", *sys.argv[1:]])},
     )
-    run = fit(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress on stdout; stdout is for the result
+        run = fit(cfg)
     print(run)
     return 0
 
@@ -202,6 +229,17 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
 def _cmd_timeline(args: argparse.Namespace) -> int:
     from train.timeline import evaluate_timeline
 
+    if args.strong:
+        from train.strong import evaluate_strong
+
+        result = evaluate_strong(args.model, args.strong, folds=args.folds, seed=args.seed, png=args.png,
+                                 calibrate_bundle=args.calibrate, runtime=args.runtime, lookahead_s=args.lookahead,
+                                 max_false_alarms=args.max_false_alarms,
+                                 urgent_max_false_alarms_per_hour=args.urgent_false_alarms_per_hour)
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
+    if not args.data:
+        raise ValueError("timeline needs --data (bal_train tfrecords, the curated stream) or --strong DIR")
     result = evaluate_timeline(args.model, args.data, seed=args.seed, half=args.half, png=args.png,
                                calibrate_bundle=args.calibrate, lookahead_s=args.lookahead, runtime=args.runtime,
                                write_tfrecords=args.write_tfrecords, max_false_alarms=args.max_false_alarms,
@@ -236,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("matplotlib", "PIL", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pipeline.quiet import import_tensorflow
+
+    import_tensorflow()  # every command needs it; imported here without its native chatter
     handlers = {
         "fit": _cmd_fit,
         "evaluate": _cmd_evaluate,

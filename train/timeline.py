@@ -446,6 +446,7 @@ def calibrate(
     urgent: Sequence[str] = (), window_scores: npt.NDArray | None = None,
     urgent_max_false_alarms_per_hour: float = URGENT_MAX_FALSE_ALARMS_PER_HOUR,
     allow_off: bool = False, recent_scores: Mapping[int, npt.NDArray] | None = None,
+    max_end_delay_p90: float | None = TARGET_END_DELAY_P90,
 ) -> dict[str, Any]:
     """Per-class tracker settings that maximise the micro segment F1 of a timeline.
 
@@ -481,6 +482,10 @@ def calibrate(
         window model's score of the last k embeddings alone, as the chain
         gives them to ``recent_context`` classes; urgent classes also try
         these sources (``"window+recentK"``).
+      max_end_delay_p90: the end-delay bound (``None``: none). Strong labels
+        cut a talk into many short events a second apart, and a caption that
+        spans them "ends late" for all but the last: there the segment
+        scores judge the overhang instead.
 
     Returns:
       ``{"on", "off", "min_duration_s", "hold_s", "source"}``, each class ->
@@ -513,12 +518,12 @@ def calibrate(
                             setting = (float(on), float(on * ratio), min_n, hold_n)
                             counts = _class_counts(t[:, k], simulate_tracker(values, *setting))
                             rows.append((setting, counts, source))
-        if not is_urgent:
+        if not is_urgent and max_end_delay_p90 is not None:
             # Within the end-delay bound; a class with no such setting keeps those that end soonest.
-            bound = max(TARGET_END_DELAY_P90, min(r[1][5] for r in rows))
-            if bound > TARGET_END_DELAY_P90:
+            bound = max(max_end_delay_p90, min(r[1][5] for r in rows))
+            if bound > max_end_delay_p90:
                 _LOGGER.warning("no tracker setting for %s keeps the end delay p90 within %g s; keeping those "
-                                "within %.2f s", classes[k], TARGET_END_DELAY_P90, bound)
+                                "within %.2f s", classes[k], max_end_delay_p90, bound)
             rows = [r for r in rows if r[1][5] <= bound]
         table.append(rows)
     arrays = [np.array([r[1][:5] for r in rows], np.float64) for rows in table]  # tp fp fn caps fa

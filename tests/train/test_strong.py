@@ -1,0 +1,101 @@
+"""The caption timeline against strong labels: the truth it builds, its scores, and the shipped bundle on a real
+natural stream of strong-labelled AudioSet clips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline import params
+from tests.helpers import SHARED
+from train import strong
+from train.timeline import Caption
+
+STEP = params.EMBEDDING_SECONDS
+STRONG = SHARED / "audioset" / "strong_dev"
+
+
+def _made_set() -> strong.StrongSet:
+    """Two clips of 10 and 5 embeddings; clip 0 has speech 1.0-3.0 s and a dog 2.0-2.4 s, clip 1 music from 0 s
+    to its end, and speech that the clip is too short to hold."""
+    x = np.zeros((2, 10, 128), np.uint8)
+    x[1, :5] = 7
+    clips = SimpleNamespace(x=x, frames=np.array([10, 5]), video_id=np.array(["a", "b"]))
+    events = (((1.0, 3.0, "Male speech, man speaking"), (1.0, 3.0, "Speech"), (2.0, 2.4, "Dog"),
+               (2.0, 2.4, "Animal")),
+              ((0.0, 10.0, "Music"), (6.0, 8.0, "Speech")))
+    return strong.StrongSet(clips, events)
+
+
+def test_stream_truth_merges_ancestors_and_clips_to_the_played_span():
+    names = [frozenset({"Speech", "Male speech, man speaking"}), frozenset({"Animal", "Dog"}), frozenset({"Music"})]
+    st = strong.build_stream(_made_set(), names, [1, 0])
+    assert len(st) == 15 and st.clip.tolist() == [1] * 5 + [0] * 10
+    # Music plays the whole of clip 1 (4.8 s played of its 10 s); its speech at 6-8 s was never played.
+    assert st.events[2] == ((0.0, 4.8),)
+    # A speech row and its ancestor are one event; it starts 1.0 s into clip 0, which starts at 4.8 s.
+    assert st.events[0] == ((5.8, 7.8),) and st.events[1] == ((6.8, 7.2),)
+    # Grid: embedding i covers [0.96 i, 0.96 (i+1)); speech 5.8-7.8 covers embeddings 6 and 7 more than half.
+    assert np.flatnonzero(st.labels[:, 0]).tolist() == [6, 7]
+    assert np.flatnonzero(st.labels[:, 1]).tolist() == []  # 0.4 s of dog covers no embedding by half
+    assert np.flatnonzero(st.labels[:, 2]).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_scores_of_made_captions():
+    names = [frozenset({"Speech"}), frozenset({"Animal", "Dog"}), frozenset({"Music"})]
+    st = strong.build_stream(_made_set(), names, [0, 1])  # speech 1-3 s, dog 2-2.4 s, music 9.6-14.4 s
+    classes = ("Speech", "Animal", "Music")
+    caps = [Caption(0, 1.0 / STEP, 3.0 / STEP), Caption(0, 12.0 / STEP, 13.0 / STEP),  # a hit and a false alarm
+            Caption(2, 9.6 / STEP, 14.4 / STEP)]  # music exactly; the dog is missed
+    r = strong.score_streams([st], [caps], None, classes, psds=False)
+    assert (r["captions"], r["false_alarms"], r["events"], r["missed"]) == (3, 1, 3, 1)
+    assert r["per_class"]["Speech"]["false_alarms"] == 1 and r["per_class"]["Animal"]["missed"] == 1
+    # Onsets: speech and music hit within the collar, the dog is missed, the second speech caption is extra.
+    assert r["event_onset_precision"] == pytest.approx(2 / 3, abs=1e-3)
+    assert r["event_onset_recall"] == pytest.approx(2 / 3, abs=1e-3)
+    # Segments (1 s): speech 1-3 s (2 segments) + 1 false segment (12-13 s); dog 1 segment missed; music 9.6-14.4 s
+    # touches segments 9..14 (6). Hits 2 + 6, false 1, missed 1.
+    assert r["segment_f1"] == pytest.approx(2 * 8 / (2 * 8 + 1 + 1), abs=1e-3)
+
+
+def test_folds_are_by_video_and_stable():
+    vids = [f"v{i}" for i in range(500)]
+    f = strong.folds_of(vids + vids[:10])
+    assert f[:10].tolist() == f[500:].tolist()
+    counts = np.bincount(f[:500], minlength=strong.FOLDS)
+    assert counts.min() > 60 and counts.max() < 140
+    assert strong.folds_of(["v1", "v2"]).tolist() == f[1:3].tolist()
+
+
+@pytest.mark.slow
+def test_shipped_bundle_on_a_natural_strong_stream(tmp_path):
+    """The CLI on all strong_dev clips: one JSON object on stdout, a picture, and figures within bounds."""
+    if not (STRONG / strong.TFRECORD).is_file():
+        pytest.skip(f"no strong-labelled clips at {STRONG}")
+    png = tmp_path / "strong.png"
+    proc = subprocess.run([sys.executable, "-m", "train", "timeline", "--strong", str(STRONG), "--runtime", "litert",
+                           "--png", str(png)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
+    assert r["stream"]["clips"] == 1380 and sum(r["stream"]["fold_clips"]) == 1380
+    d = r["daemon"]
+    assert len(d["folds"]) == strong.FOLDS
+    # Every strong event and caption is counted once, whichever fold stream it is in.
+    assert d["events"] == sum(f["events"] for f in d["folds"])
+    assert d["captions"] == sum(f["captions"] for f in d["folds"])
+    # The shipped model on the truth: well above chance, well below perfect (the targets of issue 19).
+    assert 0.55 < d["segment_f1"] < 0.9
+    assert 0.3 < d["segment_error_rate"] < 0.8
+    assert 0.15 < d["event_onset_f1"] < 0.7
+    assert 0.02 < d["false_alarm_share"] < 0.35
+    assert 0 < d["missed"] < d["events"]
+    assert 0.15 < d["psds"]["psds"] < 0.7
+    assert set(d["psds"]["per_class"]) == {"Speech", "Animal", "Music", "Vehicle"}
+    spread = d["over_folds"]["segment_f1"]
+    assert spread["min"] <= d["segment_f1"] <= spread["max"] and spread["sd"] > 0
+    assert png.stat().st_size > 20_000
