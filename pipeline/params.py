@@ -53,6 +53,9 @@ VGGISH_FC_SIZE = 4096
 VGGISH_CONV_FILTERS = (64, 128, 256, 256, 512, 512)
 DEFAULT_VGGISH_HANDLE = "https://tfhub.dev/google/vggish/1"
 VGGISH_CHECKPOINT_URL = "https://storage.googleapis.com/audioset/vggish_model.ckpt"
+VGGISH_CHECKPOINT_SHA256 = "0962b1914e3e053922d957c45bc84a78c985765641dc6bceeeb3a7d8dfecfdf6"
+VGGISH_CHECKPOINT_BYTES = 291_108_469
+"""The released checkpoint's sha256 and size: a download that differs is refused."""
 
 # --- PCA and 8-bit quantisation (the AudioSet release format) ----------------
 PCA_EIGEN_VECTORS_NAME = "pca_eigen_vectors"
