@@ -127,6 +127,10 @@ MQTT_RECONNECT_MIN_SECONDS = 1
 MQTT_RECONNECT_MAX_SECONDS = 30
 MQTT_QUEUE_MESSAGES = 10000
 """QoS 1 messages (captions, states) kept while the broker is unreachable."""
+MQTT_MEMORY_MESSAGES = 1000
+"""With a journal, QoS 1 messages waiting in memory at most; the others wait on disk only."""
+MQTT_INFLIGHT_WINDOW = 100
+"""QoS 1 messages handed to paho and not yet acknowledged, at most (paho sends 20 at a time)."""
 DRAIN_TIMEOUT_SECONDS = 10.0
 """At the end of a file/replay run, how long to wait for the broker to take what is queued."""
 SHUTDOWN_SECONDS = 2.0

@@ -28,6 +28,13 @@ the daemon works, once enough delivered lines have piled up.
 Full disk: a write that fails is undone (the file is truncated back to its
 last whole line), logged once and counted; the message is still handed to
 paho, so it is only lost if the process also dies before the broker has it.
+
+Memory bounded by disk. A message appended with ``on_disk=True`` (the MQTT
+sink does so once its in-memory queue is full, during a long outage) is
+written but not kept in memory; such messages form one run at the end of the
+file, in order, and :meth:`Journal.read_back` reads them from there, oldest
+first, when the sink has room to send them. A compaction copies that run
+from the old file to the new one without reading it into memory.
 """
 
 from __future__ import annotations
@@ -120,7 +127,15 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._seq = 0
-        self._live: dict[int, Entry] = {}  # not yet acknowledged, in order
+        self._live: dict[int, Entry] = {}  # not yet acknowledged, in order, in memory
+        # Unacknowledged messages on disk only: the last `_on_disk` message lines of the file
+        # from byte `_disk_offset` on (ack lines may be interleaved), all newer than `_live`.
+        self._on_disk = 0
+        self._disk_offset = 0
+        self._disk_first_seq = 0
+        self._rfd = -1
+        self.last_on_disk = False
+        """Whether the last :meth:`append` left its message on disk only (False if the write failed)."""
         self._kept: dict[int, Entry] = {}  # acknowledged but kept (open captions)
         self._dead = 0
         self._dirty = False
@@ -180,29 +195,50 @@ class Journal:
         self.counters["torn"] += torn
         return Loaded(out, torn, mtime)
 
-    def open(self, keep: Iterable[Entry]) -> None:
+    def open(self, keep: Iterable[Entry], memory_bound: int | None = None) -> list[Entry]:
         """Rewrites the file with ``keep`` (in order, seq numbers kept) and opens it for appending.
+
+        Args:
+          keep: what the last run left that still matters (see :meth:`load`).
+          memory_bound: keep at most this many unacknowledged messages in
+            memory; the newer ones stay on disk only (see :meth:`read_back`).
+
+        Returns:
+          The unacknowledged messages kept in memory, in order.
 
         Raises:
           JournalError: the file cannot be written.
         """
-        keep = list(keep)
+        keep = sorted(keep, key=lambda e: e.seq)
+        live = [e for e in keep if not e.acked]
         with self._lock:
-            self._live = {e.seq: e for e in keep if not e.acked}
             self._kept = {e.seq: e for e in keep if e.acked}
             self._seq = max((e.seq for e in keep), default=0)
+            tail: list[Entry] = []
+            if memory_bound is not None and len(live) > memory_bound:
+                self._disk_first_seq = live[memory_bound].seq
+                self._on_disk = len(live) - memory_bound
+                live = live[:memory_bound]
+                tail = [e for e in keep if e.seq >= self._disk_first_seq]
+            self._live = {e.seq: e for e in live}
             try:
-                self._rewrite_locked()
+                self._rewrite_locked(tail)
             except OSError as exc:
                 raise JournalError(f"[mqtt] spool_file: cannot write {self.path}: {exc.strerror or exc}") from None
         if self.sync_delay_s > 0:
             self._syncer = threading.Thread(target=self._sync_loop, name="audiocap-journal-sync", daemon=True)
             self._syncer.start()
+        return live
 
     # --- writing ------------------------------------------------------------------------------
 
-    def append(self, topic: str, payload: str, retain: bool) -> Entry:
+    def append(self, topic: str, payload: str, retain: bool, on_disk: bool = False) -> Entry:
         """Journals one message; returns its entry (``seq`` identifies it for :meth:`ack`).
+
+        With ``on_disk`` the message is not kept in memory: :meth:`read_back`
+        returns it later (:attr:`last_on_disk` says whether that happened).
+        Once one message is on disk only, every later one is too, until
+        :meth:`read_back` has returned them all (the run stays in order).
 
         A failed write (full disk) is undone, logged once and counted; the
         entry is still returned so the caller can deliver it from memory.
@@ -210,12 +246,62 @@ class Journal:
         with self._lock:
             self._seq += 1
             e = Entry(self._seq, topic, payload, retain, time.time())
+            offset = self._size
+            self.last_on_disk = False
             if self._write_locked(e.line()):
-                self._live[e.seq] = e
                 self.counters["written"] += 1
+                if on_disk or self._on_disk:
+                    if not self._on_disk:
+                        self._disk_offset, self._disk_first_seq = offset, e.seq
+                    self._on_disk += 1
+                    self.last_on_disk = True
+                else:
+                    self._live[e.seq] = e
                 if self.sync_delay_s <= 0:
                     self._fsync_locked()
             return e
+
+    @property
+    def on_disk(self) -> int:
+        """Unacknowledged messages kept on disk only (see :meth:`read_back`)."""
+        return self._on_disk
+
+    def read_back(self, n: int) -> list[Entry]:
+        """The oldest ``n`` (at most) messages kept on disk only, now kept in memory like the others.
+
+        Raises:
+          OSError: the file cannot be read (the messages stay on disk).
+        """
+        out: list[Entry] = []
+        with self._lock:
+            if self._rfd < 0:
+                self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            while self._on_disk and len(out) < n:
+                chunk = os.pread(self._rfd, 1 << 16, self._disk_offset)
+                end = chunk.rfind(b"\n") + 1
+                if end == 0:
+                    if not chunk:  # the run is shorter than counted (a line lost): stop counting it
+                        self._on_disk = 0
+                        break
+                    chunk = os.pread(self._rfd, max(1 << 20, 4 * len(chunk)), self._disk_offset)
+                    end = chunk.rfind(b"\n") + 1
+                    if end == 0:
+                        raise OSError(f"a journal line at byte {self._disk_offset} has no end")
+                consumed = 0
+                for line in chunk[:end].split(b"\n")[:-1]:
+                    consumed += len(line) + 1
+                    e = _parse(line)
+                    if e is None or e.acked or e.seq < self._disk_first_seq:
+                        continue  # a torn line, or an open caption's start kept after delivery
+                    self._live[e.seq] = e
+                    self._on_disk -= 1
+                    self._disk_first_seq = e.seq + 1
+                    out.append(e)
+                    if len(out) >= n or not self._on_disk:
+                        break
+                self._disk_offset += consumed
+        return out
+
 
     def ack(self, seq: int) -> None:
         """Marks message ``seq`` delivered (no fsync: a lost ack is a duplicate, not a loss)."""
@@ -242,7 +328,7 @@ class Journal:
     def maybe_compact(self) -> None:
         """Rewrites the file when delivered lines outnumber the live ones (cheap to call often)."""
         with self._lock:
-            live = len(self._live) + len(self._kept)
+            live = len(self._live) + len(self._kept) + self._on_disk
             if self._fd < 0 or self._dead < max(COMPACT_MIN_DEAD, 2 * live):
                 return
             try:
@@ -253,9 +339,9 @@ class Journal:
 
     @property
     def pending(self) -> int:
-        """Messages journaled and not yet acknowledged."""
+        """Messages journaled and not yet acknowledged (in memory and on disk only)."""
         with self._lock:
-            return len(self._live)
+            return len(self._live) + self._on_disk
 
     def close(self) -> None:
         """Syncs; removes the file when nothing in it matters any more."""
@@ -265,7 +351,7 @@ class Journal:
             if self._fd < 0:
                 return
             try:
-                if not self._live and not self._kept:
+                if not self._live and not self._kept and not self._on_disk:
                     os.close(self._fd)
                     self._fd = -1
                     self.path.unlink(missing_ok=True)
@@ -278,6 +364,9 @@ class Journal:
                     self._fsync_locked()
                     os.close(self._fd)
                     self._fd = -1
+                if self._rfd >= 0:
+                    os.close(self._rfd)
+                    self._rfd = -1
         if self._syncer is not None:
             self._syncer.join(timeout=1.0)
 
@@ -317,22 +406,29 @@ class Journal:
                 _LOGGER.warning("fsync of the journal %s failed: %s", self.path, exc.strerror or exc)
             self._dirty = False
 
-    def _rewrite_locked(self) -> None:
-        # A start still open may be both live (unacknowledged) and kept: once, as live.
-        entries = sorted({**self._kept, **self._live}.values(), key=lambda e: e.seq)
+    def _rewrite_locked(self, tail: list[Entry] | None = None) -> None:
+        # A start still open may be both live (unacknowledged) and kept: once, as live. A kept
+        # start that is still on disk only is in the run copied below.
+        first_on_disk = self._disk_first_seq if self._on_disk else float("inf")
+        entries = sorted({**{s: e for s, e in self._kept.items() if s < first_on_disk}, **self._live}.values(),
+                         key=lambda e: e.seq)
         data = "".join(e.line() for e in entries).encode("utf-8")
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
+            if tail:  # at open: the messages left on disk only are in memory once, here
+                tail_bytes = _write_all(fd, "".join(e.line() for e in tail).encode("utf-8"))
+            else:
+                tail_bytes = self._copy_on_disk_locked(fd) if self._on_disk else 0
             os.fsync(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
+        self._disk_offset = len(data)
+        data_len = len(data) + tail_bytes
         os.replace(tmp, self.path)
         try:  # the rename itself must survive a power cut
             dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -344,11 +440,32 @@ class Journal:
             pass
         if self._fd >= 0:
             os.close(self._fd)
+        if self._rfd >= 0:  # the old file: read the new one from now on
+            os.close(self._rfd)
+            self._rfd = -1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self._size = len(data)
+        self._size = data_len
         self._dead = 0
         self._dirty = False
         self.counters["compactions"] += 1
+
+    def _copy_on_disk_locked(self, fd: int) -> int:
+        """Copies the run of on-disk messages (not the ack lines between them) from the
+        current file to ``fd``, a line at a time; returns the bytes written."""
+        written = 0
+        batch: list[bytes] = []
+        with open(self.path, "rb") as fh:
+            fh.seek(self._disk_offset)
+            for line in fh:
+                if not line.endswith(b"\n") or line.startswith(b'{"ack"'):
+                    continue
+                batch.append(line)
+                if len(batch) >= 1000:
+                    written += _write_all(fd, b"".join(batch))
+                    batch.clear()
+        if batch:
+            written += _write_all(fd, b"".join(batch))
+        return written
 
     def _sync_loop(self) -> None:
         while True:
@@ -374,3 +491,22 @@ class Journal:
                 _LOGGER.warning("fsync of the journal %s failed: %s", self.path, exc.strerror or exc)
             finally:
                 os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
+
+
+def _parse(line: bytes) -> Entry | None:
+    """A message line as an entry; ``None`` for an ack line or a torn one."""
+    if not line.strip() or line.startswith(b'{"ack"'):
+        return None
+    try:
+        item = json.loads(line)
+        return Entry(int(item["seq"]), str(item["topic"]), str(item["payload"]), bool(item["retain"]),
+                     float(item.get("t", 0.0)), bool(item.get("acked", False)))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

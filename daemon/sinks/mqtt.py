@@ -31,6 +31,12 @@ first, in order; a caption a crash left open (a ``start`` without its ``end``)
 is ended then, with an ``end`` event (``"interrupted": true``) and the ``OFF``
 state, so the retained state never stays ``ON`` for a sound nobody hears.
 
+Memory bounded by disk. With a journal, at most ``memory_bound``
+(:data:`pipeline.params.MQTT_MEMORY_MESSAGES`) caption messages wait in
+memory; during a long outage the newer ones are only written to the journal
+and read back from it, in order, when there is room to send them, so the
+process does not grow with the outage. ``queue_size`` then bounds the disk.
+
 Only captions and states count against ``queue_size`` (status, discovery and
 the states re-said after a reconnect are a handful per connection). When the
 queue is full, a new caption is refused whole (its ``start`` and
@@ -141,6 +147,10 @@ class MqttSink:
         # QoS 1 messages wait here, in order, until the broker connection is up
         # and paho has re-sent everything older (see _publish).
         self._held: collections.deque[_Msg] = collections.deque()
+        self.memory_bound = params.MQTT_MEMORY_MESSAGES
+        """Journaled messages waiting in memory at most; the rest wait on disk (with a journal)."""
+        self._spilled_states: set[str] = set()  # state topics among the messages on disk only
+        self._read_back_failed = False
         self._flow_open = False
         self._in_hand = 0  # popped from _held, not yet registered in _unacked
         self._stop_pump = False
@@ -247,6 +257,8 @@ class MqttSink:
             self.counters["connects"] += 1
             pending_states = {m.topic for m in self._unacked.values() if "/state/" in m.topic}
             pending_states |= {m.topic for m in self._held if "/state/" in m.topic}
+            if self._on_disk():
+                pending_states |= self._spilled_states
         if self._outage_logged or not self._ever_connected:
             _LOGGER.info("connected to MQTT broker %s:%d", self.config.host, self.config.effective_port)
         self._ever_connected = True
@@ -390,8 +402,7 @@ class MqttSink:
         if item.origin > 0:
             self._latencies.append(now - item.origin)
             self._broker_latencies.append(now - item.published)
-        if not self._unacked:
-            self._lock.notify_all()
+        self._lock.notify_all()  # the pump (a place in flight) and drain (when nothing is left)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.startswith(f"{self.base}/"):
@@ -427,7 +438,10 @@ class MqttSink:
 
     def _room(self) -> int:
         """Free places in the queue (caller holds ``_lock``)."""
-        return self.config.queue_size - len(self._held) - len(self._unacked) - self._in_hand
+        return self.config.queue_size - len(self._held) - len(self._unacked) - self._in_hand - self._on_disk()
+
+    def _on_disk(self) -> int:
+        return self.journal.on_disk if self.journal is not None else 0
 
     def _queue(self, msg: _Msg) -> None:
         """Appends to the FIFO (caller holds ``_lock``)."""
@@ -435,10 +449,38 @@ class MqttSink:
         self._lock.notify_all()
 
     def _journaled(self, topic: str, payload: str, retain: bool, origin: float) -> Entry | None:
-        """Journals a caption/state message, then queues it (caller holds ``_lock``)."""
-        entry = self.journal.append(topic, payload, retain) if self.journal is not None else None
-        self._queue(_Msg(topic, payload, retain, origin, entry.seq if entry is not None else 0))
+        """Journals a caption/state message, then queues it (caller holds ``_lock``); past
+        ``memory_bound`` it waits on disk only, for :meth:`_refill`."""
+        if self.journal is None:
+            self._queue(_Msg(topic, payload, retain, origin))
+            return None
+        entry = self.journal.append(topic, payload, retain, on_disk=len(self._held) >= self.memory_bound)
+        if self.journal.last_on_disk:
+            if "/state/" in topic:
+                self._spilled_states.add(topic)
+            self._lock.notify_all()
+        else:
+            self._queue(_Msg(topic, payload, retain, origin, entry.seq))
         return entry
+
+    def _refill(self) -> None:
+        """Reads messages waiting on disk back into the queue, oldest first (caller holds ``_lock``)."""
+        if not self._on_disk() or len(self._held) > self.memory_bound // 2:
+            return
+        try:
+            entries = self.journal.read_back(self.memory_bound - len(self._held))  # type: ignore[union-attr]
+        except OSError as exc:  # they stay in the file: retried, and loaded at the next start
+            if not self._read_back_failed:
+                _LOGGER.error("cannot read the journal %s back (%s); %d message(s) wait there", self.spool_path,
+                              exc.strerror or exc, self._on_disk())
+            self._read_back_failed = True
+            return
+        self._read_back_failed = False
+        for e in entries:
+            self._held.append(_Msg(e.topic, e.payload, e.retain, 0.0, e.seq))
+        if not self._on_disk():
+            self._spilled_states.clear()
+
 
     def _release_if_clear(self) -> None:
         """Opens the flow once connected with nothing older in flight (caller holds ``_lock``)."""
@@ -455,19 +497,29 @@ class MqttSink:
         """
         while True:
             with self._lock:
-                while not self._stop_pump and not (self._flow_open and self._held):
+                while not self._stop_pump and not (self._flow_open and self._held and self._window_open()):
+                    if self._flow_open:
+                        self._refill()
+                        if self._held and self._window_open():
+                            break
                     self._lock.wait(0.5)
                     self._check_connack()
                 if self._stop_pump:
                     return
                 msg = self._held.popleft()
                 self._in_hand += 1
+                self._refill()
             try:
                 self._hand(msg, 1)
             finally:
                 with self._lock:
                     self._in_hand -= 1
                     self._lock.notify_all()
+
+    def _window_open(self) -> bool:
+        """Room in flight (caller holds ``_lock``): what paho has not had acknowledged
+        stays bounded, so messages wait in our queue (and on disk), not in paho's."""
+        return len(self._unacked) + self._in_hand < params.MQTT_INFLIGHT_WINDOW
 
     def _check_connack(self) -> None:
         opened = self._tcp_open_at
@@ -637,7 +689,7 @@ class MqttSink:
     def queue_depth(self) -> int:
         """QoS 1 messages not yet acknowledged by the broker."""
         with self._lock:
-            return len(self._unacked) + len(self._held) + self._in_hand
+            return len(self._unacked) + len(self._held) + self._in_hand + self._on_disk()
 
     def drain(self, timeout: float) -> bool:
         """Waits until every QoS 1 message was acknowledged, or ``timeout`` s.
@@ -647,12 +699,12 @@ class MqttSink:
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
-            while self._unacked or self._held or self._in_hand:
+            while self._unacked or self._held or self._in_hand or self._on_disk():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._lock.wait(min(left, 0.1))
-            left_over = len(self._unacked) + len(self._held) + self._in_hand
+            left_over = len(self._unacked) + len(self._held) + self._in_hand + self._on_disk()
         if left_over:
             _LOGGER.warning("%d MQTT message(s) were not acknowledged within %.1f s", left_over, timeout)
         return left_over == 0
@@ -695,7 +747,8 @@ class MqttSink:
 
     def _close_journal(self) -> None:
         with self._lock:
-            self.undelivered = sum(1 for m in [*self._unacked.values(), *self._held] if m.seq or _is_caption(m.topic))
+            self.undelivered = self._on_disk() + sum(1 for m in [*self._unacked.values(), *self._held]
+                                                     if m.seq or _is_caption(m.topic))
         if self.journal is None:
             if self.undelivered:
                 _LOGGER.error("%d caption/state message(s) undelivered at exit and no journal is set "
@@ -729,11 +782,12 @@ class MqttSink:
                 open_starts.pop(eid, None)
         keep = sorted({e.seq: e for e in [*pending, *(e for e, _ in open_starts.values())]}.values(),
                       key=lambda e: e.seq)
-        self.journal.open(keep)
+        in_memory = self.journal.open(keep, self.memory_bound)
         self.counters["torn"] = loaded.torn
         with self._lock:
-            for e in pending:
+            for e in in_memory:
                 self._queue(_Msg(e.topic, e.payload, e.retain, 0.0, e.seq))
+            self._spilled_states = {e.topic for e in pending[len(in_memory):] if "/state/" in e.topic}
             for e, ev in open_starts.values():
                 self._end_interrupted(e, ev, loaded.last_write)
         self.counters["resent"] = len(pending)
