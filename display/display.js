@@ -161,12 +161,22 @@
     return t;
   }
 
+  // A number and its unit never part at a line break (U+00A0 between them).
   function duration(ms) {
     var s = Math.max(0, Math.round(ms / 1000));
-    if (s < 60) return s + " s";
+    if (s < 60) return s + "\u00a0s";
     var m = Math.floor(s / 60);
-    if (m < 60) return m + " min " + (s % 60) + " s";
-    return Math.floor(m / 60) + " h " + (m % 60) + " min";
+    if (m < 60) return m + "\u00a0min " + (s % 60) + "\u00a0s";
+    return Math.floor(m / 60) + "\u00a0h " + (m % 60) + "\u00a0min";
+  }
+
+  // A total for a summary: "2 h 10 min", "35 min", "40 s".
+  function roughDuration(ms) {
+    var s = Math.round(ms / 1000);
+    if (s < 60) return s + "\u00a0s";
+    var m = Math.round(s / 60);
+    if (m < 60) return m + "\u00a0min";
+    return Math.floor(m / 60) + "\u00a0h" + (m % 60 ? " " + (m % 60) + "\u00a0min" : "");
   }
 
   function now() {
@@ -218,6 +228,12 @@
   var nodes = new Map(); // name -> node record (see nodeRecord)
   var history = []; // newest first: {id, label, node, start, end, startMs, endMs}
   var link = { state: "connecting", everConnected: false, connectedAt: null, lostAt: null, attempts: 0, error: "" };
+  var client = null;
+  var clientId = "audiocap-display-" + Math.random().toString(16).slice(2, 10);
+  var HISTORY_LEVEL = "_history";
+  var historyBase = config.prefix + "/" + HISTORY_LEVEL;
+  var responseTopic = historyBase + "/response/" + clientId;
+  var openedAt = now();
 
   function nodeRecord(name) {
     var n = nodes.get(name);
@@ -274,6 +290,13 @@
     status.appendChild(statusText);
     head.appendChild(name);
     head.appendChild(status);
+    var hide = el("button", "button hide-room", "Hide this room");
+    hide.type = "button";
+    hide.setAttribute("aria-label", "Hide this room: " + n.name + " (offline), on this screen");
+    hide.addEventListener("click", function () {
+      hideRoom(n.name);
+    });
+    head.appendChild(hide);
     var captions = el("ul", "captions");
     captions.setAttribute("aria-label", "Sounds on now in " + n.name);
     var quiet = el("p", "quiet", "Quiet — no sounds it knows right now");
@@ -290,7 +313,7 @@
     section.appendChild(stale);
     section.appendChild(levels);
     n.ui = {
-      section: section, status: status, statusText: statusText, captions: captions, quiet: quiet,
+      section: section, status: status, statusText: statusText, captions: captions, quiet: quiet, hide: hide,
       stale: stale, levels: levels, levelRows: new Map(), cards: new Map(),
     };
     // Groups in name order, so rooms keep their place on the wall.
@@ -310,6 +333,9 @@
     var ui = n.ui;
     var online = n.state !== "offline";
     ui.section.classList.toggle("is-offline", !online);
+    // A room offline for long (or already offline when the page opened) may be hidden on this screen.
+    ui.hide.hidden = online || !(n.offlineBefore || (n.offlineSince !== null && now() - n.offlineSince >= HIDE_AFTER_MS));
+    ui.section.hidden = hiddenRooms.indexOf(n.name) >= 0;
     ui.status.setAttribute("data-state", online ? "online" : "offline");
     var text;
     if (online) {
@@ -440,13 +466,16 @@
     alerts.forEach(function (al) {
       if (urgent.indexOf(words(al.label)) < 0) urgent.push(words(al.label));
     });
-    document.title = (urgent.length ? "ALERT: " + urgent.join(", ") + " — " : "") +
-      (link.state !== "connected" ? "Not live" : on.length ? on.join(", ") : "Quiet") + " — audiocap";
+    // What the alert names is not said again ("ALERT: Alarm — Alarm").
+    on = on.filter(function (w) { return urgent.indexOf(w) < 0; });
+    var rest = link.state !== "connected" ? "Not live" : on.length ? on.join(", ") : urgent.length ? "" : "Quiet";
+    document.title = (urgent.length ? "ALERT: " + urgent.join(", ") + " — " : "") + (rest ? rest + " — " : "") + "audiocap";
   }
 
   function renderAll() {
     nodes.forEach(renderNode);
     renderTitle();
+    renderHiddenRooms();
     waiting.hidden = nodes.size > 0;
     if (nodes.size === 0) {
       waiting.textContent = link.state === "connected"
@@ -455,19 +484,23 @@
     }
   }
 
-  function addHistory(e) {
+  // One element per past caption, live or from the history service: `listed` maps
+  // node + event id to it, so a caption is never listed twice (QoS 1 repeats, a
+  // caption both in "While you were away" and live, a catch-up after a gap).
+  var listed = new Map();
+
+  function captionKey(node, id) {
+    return node + "\n" + id;
+  }
+
+  function entryElement(e, tag) {
     var entry = {
-      id: e.event_id || "",
-      label: e.label,
-      node: e.node,
-      start: e.start,
-      end: e.end,
-      startMs: parseTime(e.start),
-      endMs: parseTime(e.end),
+      id: e.event_id || "", label: e.label, node: e.node, start: e.start, end: e.end,
+      startMs: parseTime(e.start), endMs: parseTime(e.end), urgent: e.urgent === true,
     };
-    history.unshift(entry);
-    var li = el("li", "entry cls-" + classKey(entry.label));
-    li.setAttribute("data-history-entry", "");
+    learnWords(e.label, e.caption);
+    var li = el("li", "entry cls-" + classKey(entry.label) + (entry.urgent ? " urgent" : ""));
+    li.setAttribute(tag || "data-history-entry", "");
     li.setAttribute("data-label", entry.label);
     li.setAttribute("data-node", entry.node);
     li.setAttribute("data-start", entry.start || "");
@@ -477,6 +510,7 @@
     var body = el("div", "entry-body");
     var top = el("p", "entry-top");
     top.appendChild(el("span", "entry-words", words(entry.label)));
+    if (entry.urgent) top.appendChild(el("span", "entry-urgent", "urgent"));
     if (nodes.size > 1 || !config.node) top.appendChild(el("span", "entry-node", entry.node));
     body.appendChild(top);
     var when = el("p", "entry-when");
@@ -488,15 +522,31 @@
     }
     body.appendChild(when);
     li.appendChild(body);
-    historyList.insertBefore(li, historyList.firstChild);
+    entry.li = li;
+    return entry;
+  }
+
+  // Adds an ended caption to "Earlier", in start order (newest first); false if it is listed already.
+  function addHistory(e) {
+    var key = captionKey(e.node, e.event_id || "");
+    if (e.event_id && listed.has(key)) return false;
+    var entry = entryElement(e);
+    var at = 0;
+    while (at < history.length && entry.startMs !== null && history[at].startMs !== null && history[at].startMs > entry.startMs) at++;
+    history.splice(at, 0, entry);
+    historyList.insertBefore(entry.li, at + 1 < history.length ? history[at + 1].li : null);
+    if (entry.id) listed.set(key, entry.li);
     while (history.length > config.historySize) {
-      history.pop();
-      historyList.removeChild(historyList.lastChild);
+      var gone = history.pop();
+      gone.li.remove();
+      listed.delete(captionKey(gone.node, gone.id));
     }
     historyEmpty.hidden = history.length > 0;
+    return true;
   }
 
   function clearHistory() {
+    history.forEach(function (h) { listed.delete(captionKey(h.node, h.id)); });
     history = [];
     historyList.textContent = "";
     historyEmpty.hidden = false;
@@ -662,6 +712,10 @@
       events: { topic: base + "/events", qos: 1 },
       scores: { topic: base + "/scores", qos: 0 },
       state: { topic: base + "/state/+", qos: 1 },
+      // The history service (docs/history.md): its status, the digests, this page's answers.
+      historyStatus: { topic: historyBase + "/status", qos: 1 },
+      digest: { topic: historyBase + "/digest/" + (config.node || "+"), qos: 1 },
+      answers: { topic: responseTopic, qos: 1 },
     };
   }
 
@@ -676,8 +730,9 @@
       renderLink();
       return;
     }
-    var client = window.mqtt.connect(config.broker, {
-      clientId: "audiocap-display-" + Math.random().toString(16).slice(2, 10),
+    client = window.mqtt.connect(config.broker, {
+      clientId: clientId,
+      protocolVersion: 5, // request/response with the history service
       username: config.user,
       password: config.password,
       clean: true,
@@ -709,6 +764,7 @@
       });
       renderLink();
       renderAll();
+      historyOnConnect();
     });
     client.on("reconnect", function () {
       link.attempts += 1;
@@ -747,10 +803,19 @@
     if (topic.indexOf(base) !== 0) return;
     var parts = topic.slice(base.length).split("/");
     var nodeName = parts[0];
-    if (!nodeName || (config.node && nodeName !== config.node)) return;
-    var kind = parts[1];
     var text = payload ? payload.toString() : "";
     var retained = !!(packet && packet.retain);
+    if (nodeName === HISTORY_LEVEL) {
+      try {
+        onHistoryMessage(parts.slice(1), text, packet);
+      } catch (e) {
+        if (window.console) console.warn("audiocap display: skipped a message on " + topic + ": " + e);
+      }
+      return;
+    }
+    // A node's name never starts with "_" (the daemon strips it): such levels are services.
+    if (!nodeName || nodeName.charAt(0) === "_" || (config.node && nodeName !== config.node)) return;
+    var kind = parts[1];
     try {
       if (kind === "status" && parts.length === 2) onStatus(nodeName, text.trim(), retained);
       else if (kind === "events" && parts.length === 2) onEvent(nodeName, JSON.parse(text), retained);
@@ -775,7 +840,11 @@
       if (n.state === "offline") {
         // A daemon that comes back starts with no caption open.
         n.active.clear();
-        if (!retained) announce(name + " is back online.");
+        if (!retained) {
+          announce(name + " is back online.");
+          catchUp(n.offlineSince !== null ? n.offlineSince : openedAt, [name]);
+        }
+        unhideRoom(name);
       }
       n.state = "online";
       n.offlineSince = null;
@@ -805,13 +874,10 @@
     } else {
       if (a && (!a.id || a.id === e.event_id)) n.active.delete(e.label);
       endAlert(name, e.label);
-      // QoS 1 may deliver an end twice, right after the first: it is in the history already.
-      var repeat = history.some(function (h) {
-        return h.id === (e.event_id || "") && h.label === e.label && h.start === e.start;
-      });
-      if (!repeat) {
-        addHistory(e);
+      // QoS 1 may deliver an end twice; the history may have listed it already: once only.
+      if (addHistory(e)) {
         announce(words(e.label) + " ended" + (nodes.size > 1 ? " in " + name : "") + ".");
+        dayAdd(e);
       }
     }
     renderNode(n);
@@ -826,6 +892,7 @@
       if (!n.active.has(label)) {
         n.active.set(label, { label: label, id: "", startIso: null, startMs: null, derived: true, seenMs: now(), fresh: false });
       }
+      urgentFromHistory(n);
     } else if (value === "OFF") {
       n.active.delete(label);
       endAlert(name, label);
@@ -855,6 +922,479 @@
     });
   }
 
+  // --- Rooms hidden on this screen ---------------------------------------------------
+  // A room offline for long can be hidden (remembered on this device); it comes back
+  // by itself when its device is online again.
+
+  var HIDE_AFTER_MS = 10 * 60 * 1000;
+  var hiddenRooms = [];
+  try {
+    hiddenRooms = JSON.parse(stored("hidden." + config.prefix) || "[]").filter(function (x) { return typeof x === "string"; });
+  } catch (e) {
+    hiddenRooms = [];
+  }
+
+  function saveHidden() {
+    try {
+      window.localStorage.setItem("audiocap.hidden." + config.prefix, JSON.stringify(hiddenRooms));
+    } catch (e) {
+      /* private mode: for this page only */
+    }
+  }
+
+  function hideRoom(name) {
+    if (hiddenRooms.indexOf(name) < 0) hiddenRooms.push(name);
+    saveHidden();
+    announce(name + " hidden. Settings lists hidden rooms.");
+    renderAll();
+    document.getElementById("now").focus();
+  }
+
+  function unhideRoom(name) {
+    var i = hiddenRooms.indexOf(name);
+    if (i < 0) return;
+    hiddenRooms.splice(i, 1);
+    saveHidden();
+    renderAll();
+  }
+
+  function renderHiddenRooms() {
+    var box = document.getElementById("hidden-rooms");
+    box.textContent = "";
+    box.hidden = hiddenRooms.length === 0;
+    if (!hiddenRooms.length) return;
+    box.appendChild(el("span", "", "Hidden rooms:"));
+    hiddenRooms.forEach(function (name) {
+      var b = el("button", "button", "Show " + name);
+      b.type = "button";
+      b.addEventListener("click", function () {
+        unhideRoom(name);
+      });
+      box.appendChild(b);
+    });
+  }
+
+  // --- The history service: "While you were away" and "Today" ---------------------------
+  // audiocap-history keeps every caption (docs/history.md). The page asks it over MQTT 5
+  // request/response (its answers come to this page's own response topic with the
+  // correlation data it sent) and reads its retained digest per node.
+
+  var ASK_TIMEOUT_MS = 10000;
+  var AWAY_LIMIT = 200;
+  var SEEN_EVERY_MS = 15000;
+  var seenKey = "seen." + config.prefix + (config.node ? "." + config.node : "");
+  var asked = new Map(); // correlation -> callback
+  var askSeq = 0;
+  var historyState = null; // its retained status: "online" | "offline" | null (not known)
+  var awayAsked = false;
+  var openUrgent = new Map(); // node -> [urgent captions the history has open]
+
+  function iso(ms) {
+    return new Date(ms).toISOString();
+  }
+
+  function localMidnight(ms) {
+    var d = new Date(ms);
+    return new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+  }
+
+  function topicName(label) {
+    return label.replace(/[^A-Za-z0-9_-]+/g, "_").replace(/^_+|_+$/g, "") || "class";
+  }
+
+  function ask(query, done) {
+    if (!client || link.state !== "connected") {
+      done(null);
+      return;
+    }
+    var corr = clientId + ":" + (++askSeq);
+    var timer = window.setTimeout(function () {
+      asked.delete(corr);
+      done(null);
+    }, ASK_TIMEOUT_MS);
+    asked.set(corr, function (answer) {
+      window.clearTimeout(timer);
+      done(answer);
+    });
+    if (config.node && !query.nodes) query.nodes = [config.node];
+    client.publish(historyBase + "/request", JSON.stringify(query),
+      { qos: 1, properties: { responseTopic: responseTopic, correlationData: corr } });
+  }
+
+  function onHistoryMessage(parts, text, packet) {
+    if (parts[0] === "status" && parts.length === 1) {
+      var was = historyState;
+      historyState = text.trim();
+      // Back after being away (or first seen after the page's own questions went unanswered): ask again.
+      if (historyState === "online" && (was === "offline" || (was === null && !awayAsked))) historyOnConnect();
+    } else if (parts[0] === "digest" && parts.length === 2) {
+      onDigest(parts[1], JSON.parse(text));
+    } else if (parts[0] === "response") {
+      var props = (packet && packet.properties) || {};
+      var corr = props.correlationData;
+      if (corr && typeof corr !== "string") corr = new TextDecoder().decode(corr);
+      var cb = asked.get(corr);
+      if (!cb) return; // not ours, or too late
+      asked.delete(corr);
+      cb(JSON.parse(text));
+    }
+  }
+
+  // An urgent sound already on when the page opens: the retained state says ON but
+  // not that it is urgent; the history's digest does.
+  function onDigest(node, d) {
+    if (!d || !Array.isArray(d.open) || (config.node && node !== config.node)) return;
+    openUrgent.set(node, d.open.filter(function (c) { return c && c.urgent === true && typeof c.label === "string"; }));
+    if (d.last_urgent && typeof d.last_urgent.label === "string") urgentLabels[d.last_urgent.label] = true;
+    var n = nodes.get(node);
+    if (n) urgentFromHistory(n);
+  }
+
+  function urgentFromHistory(n) {
+    var open = openUrgent.get(n.name) || [];
+    if (n.state === "offline" || !open.length) return;
+    open.forEach(function (c) {
+      urgentLabels[c.label] = true;
+      // The card is known from the retained state (keyed by its topic name) or from the start event.
+      var key = n.active.has(c.label) ? c.label : n.active.has(topicName(c.label)) ? topicName(c.label) : null;
+      if (key === null) return;
+      var a = n.active.get(key);
+      if (a.id && a.id !== c.event_id) return; // another caption of that class is on now
+      n.active.delete(key);
+      var fresh = { label: c.label, id: c.event_id, startIso: c.start, startMs: parseTime(c.start), derived: false,
+                    seenMs: now(), fresh: false, urgent: true };
+      n.active.set(c.label, fresh);
+      if (n.ui && n.ui.cards.has(key)) {
+        n.ui.cards.get(key).remove();
+        n.ui.cards.delete(key);
+      }
+      raiseAlert(n, fresh);
+    });
+    renderNode(n);
+    renderTitle();
+  }
+
+  // --- What this device saw last ----------------------------------------------------------
+
+  function lastSeen() {
+    var v = parseInt(stored(seenKey), 10);
+    return isFinite(v) && v > 0 && v <= now() ? v : null;
+  }
+
+  // Called every few seconds while the page is shown, and with an event when it is hidden or left.
+  function markSeen(ev) {
+    if (link.state !== "connected" || !awayAsked || (!ev && document.visibilityState === "hidden")) return;
+    try {
+      window.localStorage.setItem("audiocap." + seenKey, String(now()));
+    } catch (e) {
+      /* private mode: every opening is a first one */
+    }
+  }
+
+  function historyOnConnect() {
+    if (link.state !== "connected") return;
+    if (!awayAsked) {
+      showAway();
+    } else if (link.lostAt !== null) {
+      catchUp(link.lostAt, null); // what the page missed while it was not connected
+    }
+    loadDay();
+  }
+
+  // --- While you were away -------------------------------------------------------------------
+
+  var awayBox = document.getElementById("away");
+
+  function showAway() {
+    var seen = lastSeen();
+    var since = seen !== null ? seen : localMidnight(openedAt); // a first visit: today so far
+    awayAsked = true;
+    ask({ q: "captions", since: iso(since), until: iso(Math.max(now(), since + 1)), limit: AWAY_LIMIT }, function (a) {
+      if (!a || !a.ok) {
+        awayAsked = !!a; // no answer: ask again when the history comes online
+        return;
+      }
+      renderAway(a, since, seen === null);
+      markSeen();
+    });
+  }
+
+  function summaryText(totals) {
+    var parts = Object.keys(totals).map(function (label) {
+      var t = totals[label];
+      // Short sounds are counted ("Dog 12 times"), long ones timed ("Music 2 h 10 min").
+      var counted = t.n > 0 && t.s / t.n < 15;
+      return { label: label, s: t.s, text: words(label) + " " + (counted ? (t.n === 1 ? "once" : t.n + " times") : roughDuration(t.s * 1000)) };
+    });
+    parts.sort(function (a, b) { return b.s - a.s; });
+    return parts.map(function (p) { return p.text; }).join(", ");
+  }
+
+  function renderAway(a, since, firstVisit) {
+    var urgentList = document.getElementById("away-urgent");
+    var list = document.getElementById("away-list");
+    urgentList.textContent = "";
+    list.textContent = "";
+    document.getElementById("away-title").textContent = firstVisit ? "Today so far" : "While you were away";
+    var sinceEl = document.getElementById("away-since");
+    sinceEl.textContent = "";
+    sinceEl.appendChild(document.createTextNode(firstVisit ? "Since midnight, " : "Since you last looked, at "));
+    sinceEl.appendChild(timeEl(iso(since), since));
+    var shown = 0;
+    var urgentCount = 0;
+    (a.captions || []).forEach(function (c) {
+      if (!c || typeof c.label !== "string" || !c.end || typeof c.node !== "string") return; // on now: in "On now"
+      if (config.node && c.node !== config.node) return;
+      var key = captionKey(c.node, c.event_id || "");
+      if (listed.has(key)) return;
+      var entry = entryElement(c);
+      (c.urgent ? urgentList : list).appendChild(entry.li);
+      listed.set(key, entry.li);
+      shown += 1;
+      if (c.urgent) urgentCount += 1;
+    });
+    var totals = a.totals || {};
+    var summary = summaryText(totals);
+    var total = Object.keys(totals).reduce(function (n, k) { return n + (totals[k].n || 0); }, 0);
+    document.getElementById("away-summary").textContent = summary ? summary + "." : "Nothing happened.";
+    document.getElementById("away-urgent-title").hidden = urgentCount === 0;
+    var more = document.getElementById("away-more");
+    more.hidden = !a.truncated;
+    more.textContent = a.truncated ? "The latest " + shown + " of " + total + " are listed." : "";
+    awayBox.hidden = false;
+    if (urgentCount) announce("While you were away: " + urgentCount + " urgent. " + summary + ".");
+  }
+
+  function closeAway() {
+    awayBox.querySelectorAll("[data-history-entry]").forEach(function (li) {
+      listed.delete(captionKey(li.getAttribute("data-node"), li.getAttribute("data-event-id") || ""));
+    });
+    awayBox.hidden = true;
+    document.getElementById("now").focus();
+  }
+
+  // After a gap (the page's connection, a node offline), what ended meanwhile goes to "Earlier".
+  function catchUp(sinceMs, nodeNames) {
+    var q = { q: "captions", since: iso(sinceMs), limit: config.historySize };
+    if (nodeNames) q.nodes = nodeNames;
+    ask(q, function (a) {
+      if (!a || !a.ok) return;
+      var added = 0;
+      (a.captions || []).slice().reverse().forEach(function (c) {
+        if (c && typeof c.label === "string" && c.end && typeof c.node === "string" && addHistory(c)) {
+          added += 1;
+          dayAdd(c);
+        }
+      });
+      if (added) announce(added + " caption" + (added > 1 ? "s" : "") + " from while it was not live added to Earlier.");
+    });
+  }
+
+  // --- Today: one strip per class over the day ----------------------------------------------
+
+  var day = null; // {from, hours, labels: {label: {n: [], s: [], urgent: []}}, counted: Set}
+  var dayBox = document.getElementById("today");
+  var dayStrip = document.getElementById("day-strip");
+  var dayDetail = document.getElementById("day-detail");
+  var marks = new Map(); // label + "\n" + hour -> rect
+  var dayTimer = null;
+
+  function loadDay() {
+    var from = localMidnight(now());
+    var next = localMidnight(from + 36 * 3600 * 1000); // the next midnight (23 or 25 hours on a DST day)
+    var hours = Math.round((next - from) / 3600000);
+    ask({ q: "hourly", from: iso(from), hours: hours }, function (a) {
+      if (!a || !a.ok || typeof a.labels !== "object") return;
+      day = { from: from, hours: hours, labels: a.labels, counted: new Set() };
+      var focused = document.activeElement && document.activeElement.hasAttribute &&
+        document.activeElement.hasAttribute("data-day-mark") ? document.activeElement : null;
+      dayStrip.textContent = "";
+      marks.clear();
+      renderDay();
+      if (focused) { // the same mark keeps the keyboard
+        var again = marks.get(focused.getAttribute("data-label") + "\n" + focused.getAttribute("data-hour"));
+        if (again) {
+          allMarks().forEach(function (x) { x.setAttribute("tabindex", x === again ? "0" : "-1"); });
+          again.focus();
+        }
+      }
+      if (dayTimer !== null) window.clearTimeout(dayTimer);
+      dayTimer = window.setTimeout(loadDay, next - now() + 1000); // a new day, a new strip
+    });
+  }
+
+  // A caption that ended while the page watched is added to the strip.
+  function dayAdd(c) {
+    if (!day || !c.event_id) return;
+    var key = captionKey(c.node, c.event_id);
+    var s0 = parseTime(c.start), s1 = parseTime(c.end);
+    if (day.counted.has(key) || s0 === null || s1 === null) return;
+    day.counted.add(key);
+    var until = day.from + day.hours * 3600000;
+    if (s1 < day.from || s0 >= until) return;
+    var t = day.labels[c.label];
+    if (!t) {
+      t = day.labels[c.label] = { n: [], s: [], urgent: [] };
+      for (var i = 0; i < day.hours; i++) { t.n.push(0); t.s.push(0); t.urgent.push(0); }
+    }
+    if (s0 >= day.from) {
+      var h0 = Math.floor((s0 - day.from) / 3600000);
+      t.n[h0] += 1;
+      if (c.urgent === true) t.urgent[h0] += 1;
+    }
+    for (var a = Math.max(s0, day.from); a < Math.min(s1, until);) {
+      var h = Math.floor((a - day.from) / 3600000);
+      var edge = Math.min(s1, until, day.from + (h + 1) * 3600000);
+      t.s[h] += (edge - a) / 1000;
+      a = edge;
+    }
+    renderDay();
+  }
+
+  function hourLabel(h) {
+    return new Date(day.from + h * 3600000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function markText(label, h, t) {
+    var parts = [words(label) + ", " + hourLabel(h) + " to " + hourLabel(h + 1)];
+    if (t.n[h]) parts.push(t.n[h] === 1 ? "once" : t.n[h] + " times");
+    if (t.s[h] >= 1) parts.push(roughDuration(t.s[h] * 1000) + " on");
+    if (t.urgent[h]) parts.push(t.urgent[h] + " urgent");
+    return parts.join(", ");
+  }
+
+  function renderDay() {
+    if (!day) return;
+    var labels = Object.keys(day.labels).sort(function (a, b) {
+      return (urgentLabels[b] ? 1 : 0) - (urgentLabels[a] ? 1 : 0) || a.localeCompare(b);
+    });
+    dayBox.hidden = false;
+    document.getElementById("day-empty").hidden = labels.length > 0;
+    var axis = document.getElementById("day-axis");
+    if (!axis.childElementCount) {
+      for (var q = 0; q <= 4; q++) {
+        var tick = el("span", "tick", hourLabel(Math.round(q * day.hours / 4)));
+        tick.style.left = (100 * q / 4) + "%";
+        axis.appendChild(tick);
+      }
+    }
+    labels.forEach(function (label) {
+      var t = day.labels[label];
+      var row = dayStrip.querySelector('[data-day-row="' + CSS.escape(label) + '"]');
+      if (!row) {
+        row = el("div", "day-row cls-" + classKey(label));
+        row.setAttribute("data-day-row", label);
+        row.setAttribute("role", "group");
+        row.setAttribute("aria-label", words(label) + " today");
+        var name = el("p", "day-name");
+        name.appendChild(symbol(label));
+        name.appendChild(el("span", "", words(label)));
+        row.appendChild(name);
+        var svg = document.createElementNS(SVG_NS, "svg");
+        svg.setAttribute("class", "day-svg");
+        svg.setAttribute("viewBox", "0 0 " + day.hours * 10 + " 10");
+        svg.setAttribute("preserveAspectRatio", "none");
+        var bg = document.createElementNS(SVG_NS, "rect");
+        bg.setAttribute("class", "day-bg");
+        bg.setAttribute("x", 0); bg.setAttribute("y", 0);
+        bg.setAttribute("width", day.hours * 10); bg.setAttribute("height", 10);
+        svg.appendChild(bg);
+        row.appendChild(svg);
+        // Keep the rows in order: urgent classes first, then by name.
+        var before = null;
+        Array.prototype.some.call(dayStrip.children, function (other) {
+          var ol = other.getAttribute("data-day-row");
+          var cmp = (urgentLabels[ol] ? 1 : 0) - (urgentLabels[label] ? 1 : 0) || ol.localeCompare(label);
+          if (cmp > 0) { before = other; return true; }
+          return false;
+        });
+        dayStrip.insertBefore(row, before);
+      }
+      var svgEl = row.querySelector("svg.day-svg");
+      for (var h = 0; h < day.hours; h++) {
+        var key = label + "\n" + h;
+        var on = t.n[h] > 0 || t.s[h] >= 1;
+        var m = marks.get(key);
+        if (!on) continue;
+        if (!m) {
+          m = document.createElementNS(SVG_NS, "rect");
+          m.setAttribute("class", "day-mark");
+          m.setAttribute("data-day-mark", "");
+          m.setAttribute("data-label", label);
+          m.setAttribute("data-hour", String(h));
+          m.setAttribute("data-from", iso(day.from + h * 3600000));
+          m.setAttribute("role", "button");
+          m.setAttribute("tabindex", "-1");
+          m.setAttribute("x", h * 10 + 0.6);
+          m.setAttribute("width", 8.8);
+          m.addEventListener("click", openMark);
+          m.addEventListener("keydown", markKey);
+          svgEl.appendChild(m);
+          marks.set(key, m);
+        }
+        // Taller for more time on; a short sound is still plainly seen.
+        var height = 4 + 6 * Math.min(1, t.s[h] / 1800);
+        m.setAttribute("y", 10 - height);
+        m.setAttribute("height", height);
+        m.classList.toggle("urgent", t.urgent[h] > 0);
+        if (t.urgent[h] > 0) m.setAttribute("data-urgent", String(t.urgent[h]));
+        m.setAttribute("aria-label", markText(label, h, t));
+      }
+    });
+    // One tab stop for the whole strip; the arrow keys move between marks.
+    var all = allMarks();
+    if (all.length && !all.some(function (m) { return m.getAttribute("tabindex") === "0"; })) all[0].setAttribute("tabindex", "0");
+  }
+
+  function allMarks() {
+    return Array.prototype.slice.call(dayStrip.querySelectorAll("[data-day-mark]")).sort(function (a, b) {
+      var ra = a.closest(".day-row"), rb = b.closest(".day-row");
+      if (ra !== rb) return ra.compareDocumentPosition(rb) & Node.DOCUMENT_POSITION_FOLLOWING ? -1 : 1;
+      return Number(a.getAttribute("data-hour")) - Number(b.getAttribute("data-hour"));
+    });
+  }
+
+  function markKey(ev) {
+    if (ev.key === "Enter" || ev.key === " ") {
+      ev.preventDefault();
+      openMark(ev);
+      return;
+    }
+    var all = allMarks();
+    var i = all.indexOf(ev.currentTarget);
+    var j = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: all.length - 1 }[ev.key];
+    if (j === undefined || j < 0 || j >= all.length) return;
+    ev.preventDefault();
+    all[i].setAttribute("tabindex", "-1");
+    all[j].setAttribute("tabindex", "0");
+    all[j].focus();
+  }
+
+  function openMark(ev) {
+    var m = ev.currentTarget;
+    var label = m.getAttribute("data-label");
+    var h = Number(m.getAttribute("data-hour"));
+    allMarks().forEach(function (x) { x.setAttribute("tabindex", x === m ? "0" : "-1"); });
+    var from = day.from + h * 3600000;
+    ask({ q: "captions", since: iso(from), until: iso(from + 3600000), labels: [label], limit: 50 }, function (a) {
+      dayDetail.textContent = "";
+      var title = el("h3", "day-detail-title", markText(label, h, day.labels[label]));
+      dayDetail.appendChild(title);
+      if (!a || !a.ok) {
+        dayDetail.appendChild(el("p", "empty", "The history did not answer; try again."));
+        announce("The history did not answer.");
+        return;
+      }
+      var list = el("ol", "history-list");
+      a.captions.forEach(function (c) {
+        if (c && typeof c.label === "string" && typeof c.node === "string") list.appendChild(entryElement(c, "data-day-entry").li);
+      });
+      dayDetail.appendChild(list);
+      announce(title.textContent + ": " + list.childElementCount + " listed below the strip.");
+      if (a.truncated) dayDetail.appendChild(el("p", "away-more", "The latest " + a.captions.length + " are listed."));
+    });
+  }
+
   // --- Start ------------------------------------------------------------------------
 
   function start() {
@@ -865,6 +1405,11 @@
       document.getElementById("opt-vibrate").closest("label").hidden = true;
     }
     document.getElementById("clear-history").addEventListener("click", clearHistory);
+    document.getElementById("away-done").addEventListener("click", closeAway);
+    // This device's "last looked": while the page is shown and live, and when it is left.
+    window.setInterval(markSeen, SEEN_EVERY_MS);
+    document.addEventListener("visibilitychange", markSeen);
+    window.addEventListener("pagehide", markSeen);
     // The skip link moves focus without replacing the address's fragment (it may hold the login).
     document.querySelector(".skip").addEventListener("click", function (ev) {
       ev.preventDefault();

@@ -145,3 +145,23 @@ def observer(broker):
     sub.close()
 
 
+
+
+@pytest.fixture
+def history_service(broker, tmp_path):
+    """``audiocap-history`` on the daemon listener with its own account (the shipped ACL's
+    ``history`` user); ``start()`` returns it, running."""
+    sys.path.insert(0, str(dhelpers.REPO / "tests" / "history"))
+    import hhelpers
+
+    made = []
+
+    def start():
+        h = hhelpers.History(tmp_path, broker.daemon_port, None, "--mqtt-user", dh.HISTORY_USER,
+                             env={"AUDIOCAP_MQTT_PASSWORD": dh.HISTORY_PASSWORD})
+        h.start()
+        made.append(h)
+        return h
+
+    yield start
+    hhelpers.kill_all([h.proc for h in made if h.proc is not None])

@@ -23,7 +23,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = helpers.REPO / "runs" / "display"
 DAEMON_USER, DAEMON_PASSWORD = "audiocapd", "daemon-secret"
 DISPLAY_USER, DISPLAY_PASSWORD = "display", "display-secret"
-ACCOUNTS = {DAEMON_USER: DAEMON_PASSWORD, DISPLAY_USER: DISPLAY_PASSWORD}  # the users of display/mosquitto.acl
+HISTORY_USER, HISTORY_PASSWORD = "history", "history-secret"
+ACCOUNTS = {DAEMON_USER: DAEMON_PASSWORD, DISPLAY_USER: DISPLAY_PASSWORD,
+            HISTORY_USER: HISTORY_PASSWORD}  # the users of display/mosquitto.acl
 # The browser runs in a zone and language of our choosing, so the test can
 # derive the local times the page must show.
 BROWSER_TZ = "Europe/Berlin"
