@@ -199,3 +199,24 @@ def test_what_you_missed_after_a_reload_and_the_day_at_a_glance(broker, chromium
     for where, c in counts.items():
         assert c["critical"] == 0 and c["serious"] == 0, (where, c)
     print("\naxe with the history views:", json.dumps(counts))
+
+
+def test_the_display_account_may_ask_but_only_the_history_answers(broker, history_service):
+    history_service()
+    _pub(broker, "audiocap/hall/events", hh.event("start", "x1", "Speech", time.time() - 5, node="hall"))
+    # The display's account, on the password listener with the shipped ACL.
+    asker = hh.Requester(broker.daemon_port, username=dh.DISPLAY_USER, password=dh.DISPLAY_PASSWORD)
+    try:
+        answer = asker.ask({"q": "captions", "since": hh.iso(time.time() - 60)})
+        assert answer["ok"] and [c["event_id"] for c in answer["captions"]] == ["x1"]
+        # It cannot answer in the history's place, nor fake a digest.
+        for topic in (asker.response, "audiocap/_history/digest/hall", "audiocap/_history/status"):
+            r = dh.mqtt_tool("mosquitto_pub", broker.daemon_port, dh.DISPLAY_USER, "-q", "1", "-t", topic,
+                             "-m", '{"ok": true, "captions": [], "fake": 1}')
+            assert r.returncode == 0, r.stderr  # accepted and dropped by the broker (MQTT 3.1.1 has no refusal)
+        time.sleep(1.0)
+        assert None not in asker.answers
+        assert not any(isinstance(v, dict) and v.get("fake") for v in asker.retained.values()), asker.retained
+        assert asker.retained.get("audiocap/_history/status") == "online"
+    finally:
+        asker.close()
