@@ -281,8 +281,12 @@ class Store:
 
     def _overlapping(self, columns: str, since_ms: int, until_ms: int, nodes: Sequence[str] | None,
                      labels: Sequence[str] | None = None, urgent_only: bool = False,
-                     before: tuple[int, str] | None = None, limit: int | None = None) -> list[tuple]:
-        """Captions on at some moment of [since_ms, until_ms), newest start first.
+                     before: tuple[int, str] | None = None, limit: int | None = None,
+                     col_args: Sequence[Any] = (), extra: tuple[str, Sequence[Any]] | None = None,
+                     group: str = "") -> list[tuple]:
+        """Captions on at some moment of [since_ms, until_ms), newest start first
+        (or aggregated: ``group`` is a GROUP BY clause, ``columns`` its aggregates
+        with their parameters in ``col_args``; ``extra`` is one more condition).
 
         Two index range scans: captions that started in the window's reach
         (back to the longest caption ended so far), and open captions (no
@@ -300,14 +304,17 @@ class Store:
         if before is not None:
             where.append("(start_ms < ? OR (start_ms = ? AND event_id < ?))")
             args.extend([before[0], before[0], before[1]])
+        if extra is not None:
+            where.append(extra[0])
+            args.extend(extra[1])
         cond = " AND ".join(where)
-        order = "ORDER BY start_ms DESC, event_id DESC" + (" LIMIT ?" if limit is not None else "")
-        tail = [limit] if limit is not None else []
+        order = group or "ORDER BY start_ms DESC, event_id DESC" + (" LIMIT ?" if limit is not None else "")
+        tail = [limit] if limit is not None and not group else []
         closed = self.db.execute(f"SELECT {columns} FROM captions WHERE start_ms >= ? AND {cond} {order}",
-                                 [since_ms - span, *args, *tail]).fetchall()
+                                 [*col_args, since_ms - span, *args, *tail]).fetchall()
         open_ = self.db.execute(f"SELECT {columns} FROM captions WHERE end_ms IS NULL AND start_ms < ? "
                                 f"AND start_ms >= ? AND {cond} {order}",
-                                [since_ms - span, since_ms - OPEN_LOOKBACK_MS, *args, *tail]).fetchall()
+                                [*col_args, since_ms - span, since_ms - OPEN_LOOKBACK_MS, *args, *tail]).fetchall()
         return closed + open_  # every open row starts before every closed one
 
     def captions(self, since_ms: int, until_ms: int, nodes: Sequence[str] | None = None,
@@ -332,14 +339,17 @@ class Store:
 
     def totals(self, since_ms: int, until_ms: int, nodes: Sequence[str] | None = None,
                urgent_only: bool = False) -> dict[str, dict[str, float]]:
-        """Per class: captions (``n``), seconds on inside the range (``s``), urgent ones (``urgent``)."""
+        """Per class: captions (``n``), seconds on inside the range (``s``), urgent ones (``urgent``).
+        An open caption counts as on until ``until_ms``. Aggregated by SQLite."""
         out: dict[str, dict[str, float]] = {}
-        for label, start, end, urgent in self._overlapping("label, start_ms, end_ms, urgent", since_ms, until_ms,
-                                                           nodes, urgent_only=urgent_only):
+        rows = self._overlapping("label, COUNT(*), SUM(MAX(0, MIN(COALESCE(end_ms, ?), ?) - MAX(start_ms, ?))), "
+                                 "SUM(urgent)", since_ms, until_ms, nodes, urgent_only=urgent_only,
+                                 col_args=(until_ms, until_ms, since_ms), group="GROUP BY label")
+        for label, n, ms, urgent in rows:
             t = out.setdefault(label, {"n": 0, "s": 0.0, "urgent": 0})
-            t["n"] += 1
+            t["n"] += n
             t["urgent"] += urgent
-            t["s"] += max(0, min(until_ms, end if end is not None else until_ms) - max(since_ms, start)) / 1000
+            t["s"] += ms / 1000
         for t in out.values():
             t["s"] = round(t["s"], 1)
         return out
@@ -349,8 +359,25 @@ class Store:
         seconds on in it (``s``), urgent captions started in it (``urgent``)."""
         until = from_ms + hours * 3_600_000
         out: dict[str, dict[str, list]] = {}
-        for label, start, end, urgent in self._overlapping("label, start_ms, end_ms, urgent", from_ms, until, nodes):
-            t = out.setdefault(label, {"n": [0] * hours, "s": [0.0] * hours, "urgent": [0] * hours})
+
+        def row(label: str) -> dict[str, list]:
+            return out.setdefault(label, {"n": [0] * hours, "s": [0.0] * hours, "urgent": [0] * hours})
+
+        # Most captions lie inside one hour: SQLite sums those; the few across an hour's edge
+        # (or still open) are split here.
+        inside = ("start_ms >= ? AND end_ms IS NOT NULL AND end_ms < ? AND (end_ms - ?) / 3600000 = "
+                  "(start_ms - ?) / 3600000", (from_ms, until, from_ms, from_ms))
+        for label, h, n, urgent, ms in self._overlapping(
+                "label, (start_ms - ?) / 3600000 AS h, COUNT(*), SUM(urgent), SUM(end_ms - start_ms)", from_ms,
+                until, nodes, col_args=(from_ms,), extra=inside, group="GROUP BY label, h"):
+            t = row(label)
+            t["n"][h] += n
+            t["urgent"][h] += urgent
+            t["s"][h] += ms / 1000
+        across = (f"NOT ({inside[0]})", inside[1])
+        for label, start, end, urgent in self._overlapping("label, start_ms, end_ms, urgent", from_ms, until, nodes,
+                                                           extra=across):
+            t = row(label)
             if start >= from_ms:
                 h = (start - from_ms) // 3_600_000
                 t["n"][h] += 1
