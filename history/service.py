@@ -264,6 +264,7 @@ class HistoryService:
         try:
             self.store.add(c for _, c in self._pending)
         except StoreError as exc:
+            self.store.checkpoint()  # the WAL's pages go to the database file: room for the retry
             if not self.disk_full:
                 kind = "full" if isinstance(exc, DiskFull) else "failing"
                 _LOGGER.error("database %s: %s; %d caption event(s) wait unacknowledged (the broker keeps the "
@@ -272,6 +273,8 @@ class HistoryService:
                 self.disk_full = str(exc)
                 self.notifier.status(f"cannot write the database: {exc}")
                 self._publish_metrics()
+            else:
+                _LOGGER.debug("database still failing: %s (%d waiting)", exc, len(self._pending))
             self._retry_at = time.monotonic() + RETRY_S
             return
         if self.disk_full:

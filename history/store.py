@@ -161,6 +161,7 @@ class Store:
             raise StoreError(f"{self.path}: SQLite refused WAL mode ({mode}); put the database on a local file system")
         db.execute("PRAGMA synchronous = FULL")  # an acknowledged caption is on disk
         db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA journal_size_limit = 4194304")  # the WAL shrinks back to 4 MB after a checkpoint
         for step in range(version, SCHEMA_VERSION):
             with self._transaction():
                 for sql in MIGRATIONS[step]:
@@ -182,20 +183,31 @@ class Store:
                     self.db.execute("COMMIT")
                     return
                 except sqlite3.Error:
-                    self.db.execute("ROLLBACK")
+                    self._rollback()  # SQLite may have rolled back already (a full disk)
                     raise
+            self._rollback()
+
+        def _rollback(self) -> None:
             if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
 
     def _transaction(self) -> "Store._Tx":
         return Store._Tx(self.db)
 
-    def close(self) -> None:
-        """Checkpoints the WAL into the database and closes it."""
+    def checkpoint(self) -> None:
+        """Moves the WAL into the database and truncates it: on a full disk this gives back
+        the WAL's space (it grows to ~4 MB between automatic checkpoints)."""
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
+        except sqlite3.Error as exc:
+            _LOGGER.debug("checkpoint failed: %s", exc)
+
+    def close(self) -> None:
+        """Checkpoints the WAL into the database and closes it."""
+        self.checkpoint()
         self.db.close()
 
     # --- writing ---------------------------------------------------------------------

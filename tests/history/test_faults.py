@@ -90,12 +90,12 @@ def test_sigkill_mid_stream_a_broker_restart_and_sigterm_lose_nothing(broker, hi
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 2 MiB tmpfs of our own: a real full disk (needs root, as in CI)."""
+    """An 8 MiB tmpfs of our own: a real full disk (needs root, as in CI)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     yield mnt
