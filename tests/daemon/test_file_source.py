@@ -116,7 +116,7 @@ def test_cli_file_to_stdout_and_subtitles(recording, vggish_ckpt, pca_path, clas
         (["--source", "file:{wav}", "--pca", "{pca}", "--vggish", "/nonexistent/vggish_model.ckpt"], 78,
          "VGGish weights not found at /nonexistent/vggish_model.ckpt"),
         (["--source", "file:{wav}", "--pca", "{pca}", "--classifier", "/nonexistent/bundle"], 78,
-         "classifier bundle not found: /nonexistent/bundle"),
+         "--classifier: [model] classifier: '/nonexistent/bundle' is neither a bundle directory"),
         (["--source", "file:{wav}", "--pca", "{pca}", "--runtime", "litert", "--vggish", "/x/vggish.ckpt"], 78,
          "needs VGGish as a .tflite file"),
         (["--source", "mic:no-such-microphone"], 69, "audio input device 'no-such-microphone' not found"),
