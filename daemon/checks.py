@@ -100,7 +100,7 @@ def check_models(config: Config) -> list[Problem]:
                                    and not os.path.exists(m.vggish))
     if not remote:
         fetch = (_fetch_hint("vggish", m.vggish) if m.runtime == "tensorflow" else
-                 "make the .tflite file as docs/edge.md says")
+                 "make it with `audiocap-train export-vggish --source SOURCE --out DIR` (docs/edge.md)")
         problem = _model_file("vggish", m.vggish, fetch, where)
         if problem is not None:
             out.append(problem)
@@ -108,7 +108,7 @@ def check_models(config: Config) -> list[Problem]:
 
 
 def check_config(config: Config, connect: bool = False) -> list[Problem]:
-    """Everything start-up checks after reading the configuration, but loading VGGish.
+    """Everything start-up checks after reading the configuration, but loading VGGish on TensorFlow.
 
     Args:
       config: the loaded configuration.
@@ -132,9 +132,14 @@ def check_config(config: Config, connect: bool = False) -> list[Problem]:
         check_sinks(config)
     except ExitError as exc:
         out.append(Problem(str(exc), exc.exit_code))
-    out += check_models(config)
-    try:  # the classifier is small: loaded, so the thresholds are checked against its own
-        build_tracker(build_models(config.model, need_embedder=False), config.events)
+    model_problems = check_models(config)
+    out += model_problems
+    # The classifier is small: loaded, so the thresholds are checked against its own. On
+    # LiteRT VGGish is cheap to load too (no TensorFlow): loaded, when its files are there.
+    full = (config.model.runtime == "litert" and not model_problems
+            and parse_source(config.daemon.source).kind != "replay")
+    try:
+        build_tracker(build_models(config.model, need_embedder=full), config.events)
     except ModelError as exc:
         out.append(Problem(str(exc), exc.exit_code))
     except ValueError as exc:

@@ -128,3 +128,17 @@ def test_no_sound_card_points_to_the_virtual_microphone(tmp_path):
     assert r.returncode == 69 and len(lines) == 1, r.stderr[-2000:]
     assert "available: none" in lines[0] and "A virtual microphone (no sound card)" in lines[0]
     assert "A virtual microphone (no sound card)" in (dhelpers.REPO / "docs" / "daemon.md").read_text()
+
+
+def test_on_litert_vggish_is_loaded_too(tmp_path, pca_path):
+    """LiteRT loads VGGish without TensorFlow, so --check-config does: a file that is not
+    a .tflite model is refused as start-up would refuse it."""
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF")
+    not_a_model = tmp_path / "vggish.tflite"
+    not_a_model.write_bytes(b"not a model")
+    for vggish, fragment in ((str(wav), "needs VGGish as a .tflite file"), (str(not_a_model), "vggish.tflite")):
+        r = dhelpers.run_daemon("--source", "mic", "--sink", "stdout", "--runtime", "litert", "--vggish", vggish,
+                                "--pca", str(pca_path), "--check-config", timeout=120)
+        lines = dhelpers.error_lines(r.stderr)
+        assert r.returncode == 78 and len(lines) == 1 and fragment in lines[0], r.stderr[-2000:]
