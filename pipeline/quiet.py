@@ -31,6 +31,7 @@ CHATTER = re.compile(
     r"INFO: "  # TFLite's minimal logger: the XNNPACK delegate, "Initialized TensorFlow Lite runtime"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
     r"|[IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] "  # absl/glog INFO and WARNING lines (oneDNN, cudart stub, ...)
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$"
     r"|E\d{4} [\d:.]+\s+\d+ \S+:\d+\] failed call to cuInit"  # no GPU on this box: not an error here
     r")"
 )

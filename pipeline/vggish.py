@@ -362,22 +362,61 @@ def _graph_forward(v: dict[str, Any], log_mel: Any) -> Any:
     return x
 
 
+QUANTIZATIONS = ("float32", "int8", "int8-full")
+"""``float32``; ``int8``: dynamic range (int8 weights, activations quantised
+per inference by the kernels, no calibration); ``int8-full``: full integer
+(static range: int8 weights and activations, ranges fixed from calibration
+audio, float input and output)."""
+
+
+def calibration_examples(audio: tuple[npt.ArrayLike, ...] = (), seed: int = 0) -> npt.NDArray[np.float32]:
+    """Log-mel examples ``[N, 96, 64]`` to fix the activation ranges of a
+    full-integer export: ``audio`` (16 kHz mono recordings, e.g. real ones the
+    box will hear) plus a synthetic set spanning levels and spectra — tones,
+    chords, chirps, white/pink/brown noise, clicks, amplitude-modulated noise
+    and near silence, each at quiet, middle and loud levels."""
+    from pipeline.frontend import waveform_to_examples
+
+    rate, n = params.SAMPLE_RATE, 2 * params.EXAMPLE_SPAN_SAMPLES
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    white = rng.standard_normal(n)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.maximum(np.fft.rfftfreq(n, 1 / rate), 20.0)
+    pink = np.fft.irfft(spectrum / np.sqrt(freqs), n)
+    brown = np.fft.irfft(spectrum / freqs, n)
+    clicks = np.zeros(n)
+    clicks[rng.integers(0, n, 40)] = 1.0
+    shapes = [
+        np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 2500 * t) + np.sin(2 * np.pi * 150 * t),
+        sum(np.sin(2 * np.pi * f * t) for f in (262, 330, 392, 523)),
+        np.sin(2 * np.pi * (100 + 3500 * t / t[-1]) * t), white, pink, brown, clicks,
+        white * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)), 1e-4 * white,
+    ]
+    signals = [s / (np.max(np.abs(s)) + 1e-12) * level for s in shapes for level in (0.02, 0.2, 0.9)]
+    signals += [np.asarray(a, np.float64) for a in audio]
+    return np.concatenate([waveform_to_examples(s.astype(np.float32), rate) for s in signals])
+
+
 def export_tflite(
-    vggish: KerasVGGish, out_path: str | os.PathLike, quantization: str = "float32"
+    vggish: KerasVGGish, out_path: str | os.PathLike, quantization: str = "float32",
+    calibration: npt.NDArray[np.float32] | None = None,
 ) -> Path:
     """Converts ``vggish`` to a TFLite flatbuffer.
 
     Args:
-      quantization: ``float32``, or ``int8`` for dynamic-range quantisation
-        (int8 weights, float activations; no calibration data needed).
+      quantization: one of :data:`QUANTIZATIONS`.
+      calibration: examples ``[N, 96, 64]`` for ``int8-full`` (default:
+        :func:`calibration_examples` of the synthetic set alone).
 
     Returns:
-      The written path. Its input is float32 ``[1, 96, 64]`` (resizable batch).
+      The written path. Its input is float32 ``[1, 96, 64]`` (resizable batch),
+      its output float32 ``[1, 128]``, whatever the quantisation.
     """
     import tensorflow as tf
 
-    if quantization not in ("float32", "int8"):
-        raise ValueError(f"quantization must be 'float32' or 'int8'; got {quantization!r}")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
     # Weights as constants: the converter then embeds them in the flatbuffer
     # (resource variables of a Keras model would be left out).
     consts = {name: tf.constant(value) for name, value in vggish.weights_by_name().items()}
@@ -386,11 +425,17 @@ def export_tflite(
         input_signature=[tf.TensorSpec([1, params.NUM_FRAMES, params.NUM_MEL_BINS], tf.float32)],
     )
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
-    if quantization == "int8":
+    if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    blob = converter.convert()
+    if quantization == "int8-full":
+        examples = calibration_examples() if calibration is None else np.asarray(calibration, np.float32)
+        converter.representative_dataset = lambda: ([examples[i : i + 1]] for i in range(examples.shape[0]))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    from pipeline.quiet import native_stderr
+
+    with native_stderr():  # the converter's MLIR passes log to fd 2
+        blob = converter.convert()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(blob)
     return out
-

@@ -136,3 +136,27 @@ def test_tflite_int8_is_smaller_and_close(vggish_tflite, vggish_model, examples,
     steps = np.abs(post.postprocess(got).astype(int) - post.postprocess(keras_out).astype(int))
     print(f"int8 vs float after PCA/quantisation: {np.mean(steps != 0):.1%} of values move, "
           f"median {np.median(steps[steps > 0]) if steps.any() else 0} steps, max {steps.max()}")
+
+
+def test_calibration_set_spans_levels_and_spectra():
+    """The full-integer export's calibration examples: deterministic, finite, and
+    covering silence to loud (the log-mel range decides the activation ranges)."""
+    from pipeline.frontend import waveform_to_examples
+    from pipeline.vggish import calibration_examples
+
+    a, b = calibration_examples(), calibration_examples()
+    assert a.shape[1:] == (96, 64) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert np.isfinite(a).all()
+    per_example = a.reshape(a.shape[0], -1).mean(axis=1)
+    assert per_example.min() < -4.0 and per_example.max() > 0.0  # near silence and loud both present
+    extra = calibration_examples((np.zeros(32000, np.float32),))
+    assert extra.shape[0] == a.shape[0] + waveform_to_examples(np.zeros(32000, np.float32), 16000).shape[0]
+
+
+def test_export_refuses_unknown_quantization(vggish_model, tmp_path):
+    from pipeline.vggish import QUANTIZATIONS, export_tflite
+
+    assert QUANTIZATIONS == ("float32", "int8", "int8-full")
+    with pytest.raises(ValueError, match="int8-full"):
+        export_tflite(vggish_model, tmp_path / "x.tflite", "int16")
+    assert not (tmp_path / "x.tflite").exists()
