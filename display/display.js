@@ -1122,8 +1122,8 @@
   function summaryText(totals) {
     var parts = Object.keys(totals).map(function (label) {
       var t = totals[label];
-      // Short sounds are counted ("Dog 12 times"), long ones timed ("Music 2 h 10 min").
-      var counted = t.n > 0 && t.s / t.n < 15;
+      // Urgent and short sounds are counted ("Alarm once", "Dog 12 times"), long ones timed ("Music 2 h 10 min").
+      var counted = t.n > 0 && (t.urgent > 0 || t.s / t.n < 15);
       return { label: label, s: t.s, text: words(label) + " " + (counted ? (t.n === 1 ? "once" : t.n + " times") : roughDuration(t.s * 1000)) };
     });
     parts.sort(function (a, b) { return b.s - a.s; });
@@ -1265,8 +1265,13 @@
 
   function renderDay() {
     if (!day) return;
+    // Urgent classes first (known from a live caption, the digest, or an urgent one today), then by name.
+    function rank(label) {
+      var t = day.labels[label];
+      return urgentLabels[label] || (t && t.urgent.some(function (u) { return u > 0; })) ? 0 : 1;
+    }
     var labels = Object.keys(day.labels).sort(function (a, b) {
-      return (urgentLabels[b] ? 1 : 0) - (urgentLabels[a] ? 1 : 0) || a.localeCompare(b);
+      return rank(a) - rank(b) || a.localeCompare(b);
     });
     dayBox.hidden = false;
     document.getElementById("day-empty").hidden = labels.length > 0;
@@ -1304,7 +1309,7 @@
         var before = null;
         Array.prototype.some.call(dayStrip.children, function (other) {
           var ol = other.getAttribute("data-day-row");
-          var cmp = (urgentLabels[ol] ? 1 : 0) - (urgentLabels[label] ? 1 : 0) || ol.localeCompare(label);
+          var cmp = rank(ol) - rank(label) || ol.localeCompare(label);
           if (cmp > 0) { before = other; return true; }
           return false;
         });

@@ -117,6 +117,7 @@ def test_what_you_missed_after_a_reload_and_the_day_at_a_glance(broker, chromium
                         hh.event("end", eid, label, t, t + 40, node="hall", urgent=label == "Alarm")]
     for e in earlier:
         _pub(broker, "audiocap/hall/events", e)
+    hh.wait_rows(history, lambda r: len(r) == len(earlier) // 2, 10, "the earlier captions stored")
 
     # A device that never opened the page sees today's captions.
     browser = chromium()
@@ -125,6 +126,9 @@ def test_what_you_missed_after_a_reload_and_the_day_at_a_glance(broker, chromium
     first = {e["event-id"] for e in dh.dom(browser, "#away [data-history-entry]")}
     assert first == {e["event_id"] for e in earlier}
     assert browser.find_element("id", "away-title").text.lower() == "today so far"
+    urgent = [e["event-id"] for e in dh.dom(browser, "#away-urgent [data-history-entry]")]
+    assert urgent == [e["event_id"] for e in earlier if e["urgent"] and e["type"] == "end"]  # urgent first
+    dh.screenshot(browser, "history-tv-first-visit")
     seen = dh.wait_until(lambda: browser.execute_script("return localStorage.getItem('audiocap.seen.audiocap')"), 5,
                          what="the device's last look stored")
     browser.get("about:blank")  # the person looks away (the page notes the time as it goes)
@@ -202,8 +206,9 @@ def test_what_you_missed_after_a_reload_and_the_day_at_a_glance(broker, chromium
 
 
 def test_the_display_account_may_ask_but_only_the_history_answers(broker, history_service):
-    history_service()
+    history = history_service()
     _pub(broker, "audiocap/hall/events", hh.event("start", "x1", "Speech", time.time() - 5, node="hall"))
+    hh.wait_rows(history, lambda r: len(r) == 1, 10, "the caption stored")
     # The display's account, on the password listener with the shipped ACL.
     asker = hh.Requester(broker.daemon_port, username=dh.DISPLAY_USER, password=dh.DISPLAY_PASSWORD)
     try:
