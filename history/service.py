@@ -103,6 +103,8 @@ class HistoryService:
         self._acks: collections.deque[_Entry] = collections.deque()
         self._pending: list[tuple[_Entry, Any]] = []
         self._retry_at = 0.0
+        self._prune_at = 0.0
+        self._metrics_at = 0.0
         self._digest_due: set[str] = set()
         self._digest_at: dict[str, float] = {}
         self._discovered: set[str] = set()
@@ -346,7 +348,7 @@ class HistoryService:
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now >= getattr(self, "_prune_at", 0.0):
+        if force or now >= self._prune_at:
             self._prune_at = now + PRUNE_S
             try:
                 gone = self.store.prune()
@@ -368,7 +370,7 @@ class HistoryService:
                     self._publish_digest(node)
                     self._digest_due.discard(node)
                     self._digest_at[node] = now
-        if force or now >= getattr(self, "_metrics_at", 0.0):
+        if force or now >= self._metrics_at:
             self._metrics_at = now + METRICS_S
             self._publish_metrics()
 

@@ -122,3 +122,24 @@ def test_a_malformed_flood_changes_nothing_in_the_database(broker, history_facto
     assert metrics["skipped"] == sent
     for kind in sent:  # one log line per kind
         assert history.log().count(f"skipped a message on audiocap/kitchen/events: {KINDS[kind]}") == 1, kind
+
+
+def test_a_flood_of_queries_is_bounded_and_counted(broker, history_factory, requester, tmp_path):
+    conf = tmp_path / "history.toml"
+    conf.write_text("[history]\nmax_requests_per_s = 5.0\n")
+    history = history_factory("--config", str(conf))
+    history.start()
+    asked = 60
+    t0 = time.monotonic()
+    for i in range(asked):  # as fast as paho sends them
+        requester.ask({"q": "urgent", "since": hh.iso(time.time() - 60)}, timeout=0)
+    time.sleep(1.5)
+    elapsed = time.monotonic() - t0
+    answered = len(requester.answers)
+    # A burst of twice the rate, then the rate: far fewer than asked, and each skipped one counted.
+    assert 10 <= answered <= 10 + 5 * elapsed + 1, (answered, elapsed)
+    history.stop()
+    metrics = requester.wait_retained("audiocap/_history/metrics", lambda m: not m["connected"])
+    assert metrics["skipped"]["request_flood"] == asked - answered
+    assert metrics["answered"] == answered
+    assert history.log().count("more queries than [history] max_requests_per_s") == 1
