@@ -5,7 +5,9 @@ the day strip marks the right hours, and the rooms/title/duration details of iss
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import threading
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -225,3 +227,82 @@ def test_the_display_account_may_ask_but_only_the_history_answers(broker, histor
         assert asker.retained.get("audiocap/_history/status") == "online"
     finally:
         asker.close()
+
+
+class _Link:
+    """A TCP relay between the page and the broker's websockets listener that the test can
+    cut (the screen's network gone; the broker and the history go on) and restore."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.up = True
+        self.socks: list[socket.socket] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.listen_port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.up:
+                conn.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            self.socks += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.up = False
+        for x in self.socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.socks = []
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_captions_missed_while_the_page_was_cut_off_come_back_once(broker, browser, history_service):
+    history = history_service()
+    link = _Link(broker.ws_port)
+    browser.get(broker.page_url(broker=f"ws://127.0.0.1:{link.listen_port}"))
+    dh.wait_until(lambda: dh.dom(browser, "[data-connection=connected]"), 15, what="the page connected")
+    t0 = time.time()
+    _pub(broker, "audiocap/hall/events", hh.event("start", "live1", "Music", t0 - 30, node="hall"))
+    _pub(broker, "audiocap/hall/events", hh.event("end", "live1", "Music", t0 - 30, t0 - 20, node="hall"))
+    dh.wait_until(lambda: dh.dom(browser, "[data-history-entry][data-event-id=live1]"), 10, what="live1 listed")
+    # The screen's network goes away (the broker and the history go on).
+    link.cut()
+    dh.wait_until(lambda: dh.dom(browser, "[data-connection=lost]"), 30, what="the page seeing its link lost")
+    t1 = time.time()  # while it is cut off
+    missed = [("gap1", "Speech", t1 - 0.5, t1 + 0.2), ("gap2", "Alarm", t1 + 0.3, t1 + 0.6)]
+    for eid, label, a, b in missed:
+        _pub(broker, "audiocap/hall/events", hh.event("start", eid, label, a, node="hall", urgent=label == "Alarm"))
+        _pub(broker, "audiocap/hall/events", hh.event("end", eid, label, a, b, node="hall", urgent=label == "Alarm"))
+    hh.wait_rows(history, lambda r: len([x for x in r if x["end_ms"]]) == 3, 10, "the missed captions stored")
+    link.up = True
+    dh.wait_until(lambda: dh.dom(browser, "[data-connection=connected]"), 30, what="the page back")
+    got = dh.wait_until(lambda: (lambda ids: ids if {"gap1", "gap2"} <= set(ids) else None)(
+        [e["event-id"] for e in dh.dom(browser, "#history [data-history-entry]")]), 15, what="the missed captions")
+    assert got == ["gap2", "gap1", "live1"]  # in time order, each once
+    link.close()
