@@ -159,6 +159,8 @@ class MqttConfig:
     prefix: str = _f("audiocap", "First topic level.")
     client_id: str = _f("", "MQTT client id; empty = audiocap-<node>-<random, per process>.")
     keepalive_s: int = _f(params.MQTT_KEEPALIVE_SECONDS, "Keep-alive, seconds.", lo=5, hi=3600)
+    protocol: str = _f("5", "MQTT version: 5, or 3.1.1 for a broker without MQTT 5 (another daemon with the same "
+                            "node name is then not detected).", choices=("5", "3.1.1"))
     username: str = _f("", "User name; the password comes from $AUDIOCAP_MQTT_PASSWORD or password_file.")
     password_file: str = _f("", "File holding the broker password (first line).")
     tls: bool = _f(False, "Connect with TLS.")

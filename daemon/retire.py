@@ -37,17 +37,12 @@ class Retired:
 
 def _retained(cfg: MqttConfig, filters: list[str]) -> dict[str, bytes]:
     """The broker's retained messages matching ``filters``: topic -> payload."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from daemon.sinks.mqtt import connect_hint, credentials
+    from daemon.sinks.mqtt import connect_hint, new_client
 
     got: dict[str, bytes] = {}
     subscribed = threading.Event()
     refused: list[str] = []
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"audiocap-retire-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    credentials(client, cfg)
+    client = new_client(cfg, f"audiocap-retire-{uuid.uuid4().hex[:8]}")
 
     def on_connect(c, userdata, flags, reason, properties):
         if reason.is_failure:
@@ -84,14 +79,9 @@ def _retained(cfg: MqttConfig, filters: list[str]) -> dict[str, bytes]:
 
 
 def _clear(cfg: MqttConfig, topics: list[str]) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    from daemon.sinks.mqtt import new_client
 
-    from daemon.sinks.mqtt import credentials
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"audiocap-retire-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    credentials(client, cfg)
+    client = new_client(cfg, f"audiocap-retire-{uuid.uuid4().hex[:8]}")
     client.connect(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
     client.loop_start()
     try:

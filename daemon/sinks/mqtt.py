@@ -178,7 +178,8 @@ class MqttSink:
         """Of those, the ones kept in the journal for the next start."""
         self.on_fatal: Any = None
         """Called with ``(exit_code, message)`` when the sink can never deliver again (set by the service)."""
-        self._props = self._who(PacketTypes.PUBLISH)
+        self._v5 = config.protocol == "5"
+        self._props = self._who(PacketTypes.PUBLISH) if self._v5 else None
         self.client = self._make_client()
 
     # --- set-up --------------------------------------------------------------------
@@ -197,14 +198,9 @@ class MqttSink:
         # One client id per process: two daemons given one node name must not
         # knock each other off the broker (each connect would take over the
         # other's session); they find each other on the status topic instead.
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"audiocap-{self.ctx.node}-{self.instance[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
+        client = new_client(cfg, cfg.client_id or f"audiocap-{self.ctx.node}-{self.instance[:8]}")
         client.will_set(self.status_topic, "offline", qos=1, retain=True,
-                        properties=self._who(PacketTypes.WILLMESSAGE))
-        credentials(client, cfg)
+                        properties=self._who(PacketTypes.WILLMESSAGE) if self._v5 else None)
         # Our own queue bounds what waits (see _publish); paho only holds what is in flight.
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
@@ -238,7 +234,8 @@ class MqttSink:
         _LOGGER.info("connecting to MQTT broker %s:%d (tls=%s, user %s, journal %s)", cfg.host, cfg.effective_port,
                      cfg.tls, cfg.username or "-", self.spool_path or "none: undelivered captions live in memory only")
         self._pump_thread.start()
-        self.client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s, clean_start=True)
+        self.client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s,
+                                  **({"clean_start": True} if self._v5 else {}))
         self.client.loop_start()
 
     # --- paho callbacks (network thread) --------------------------------------------------
@@ -248,8 +245,8 @@ class MqttSink:
         if reason.is_failure:
             # A refused connection is not a connection (wrong password, not authorised...).
             if not self._outage_logged:
-                _LOGGER.error("MQTT broker %s:%d refused the connection: %s; retrying with back-off",
-                              self.config.host, self.config.effective_port, reason)
+                _LOGGER.error("MQTT broker %s:%d refused the connection: %s; retrying with back-off%s",
+                              self.config.host, self.config.effective_port, reason, _protocol_hint(reason))
                 self._outage_logged = True
             return
         with self._lock:
@@ -268,7 +265,8 @@ class MqttSink:
             client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
         # Before our own status goes out: another daemon with this node name
         # then sees it, and we see its answer (see _check_instance).
-        client.subscribe([(self.status_topic, 1), (self._state_topic("+"), 1)])
+        if self._v5:  # MQTT 3.1.1 carries no user properties: no one to tell apart
+            client.subscribe([(self.status_topic, 1), (self._state_topic("+"), 1)])
         self._announce(pending_states)
         with self._lock:
             self._release_if_clear()
@@ -847,6 +845,14 @@ def onset_payload(event: dict[str, Any]) -> dict[str, Any]:
     return {"event_type": event["label"], **{k: event.get(k) for k in keys}}
 
 
+def new_client(cfg: MqttConfig, client_id: str) -> mqtt.Client:
+    """A paho client speaking ``[mqtt] protocol``, with the user, password and TLS ``[mqtt]`` says."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311)
+    credentials(client, cfg)
+    return client
+
+
 def credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
     """User, password and TLS as ``[mqtt]`` says."""
     if cfg.username:
@@ -869,9 +875,7 @@ def probe_broker(cfg: MqttConfig, timeout: float = CONNACK_WARN_S) -> str | None
       ``None`` when the broker accepted the connection, else one line saying why not.
     """
     host, port = cfg.host, cfg.effective_port
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"audiocap-check-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    credentials(client, cfg)
+    client = new_client(cfg, f"audiocap-check-{uuid.uuid4().hex[:8]}")
     answer: list[Any] = []
     client.on_connect = lambda c, u, f, reason, p: answer.append(reason)
     try:
@@ -892,7 +896,7 @@ def probe_broker(cfg: MqttConfig, timeout: float = CONNACK_WARN_S) -> str | None
         return f"{host}:{port} took the TCP connection but {what} instead of answering MQTT's CONNECT" + \
             connect_hint(cfg, None)
     if answer[0].is_failure:
-        return f"MQTT broker {host}:{port} refused the connection: {answer[0]}"
+        return f"MQTT broker {host}:{port} refused the connection: {answer[0]}{_protocol_hint(answer[0])}"
     return None
 
 
@@ -916,6 +920,13 @@ def connect_hint(cfg: MqttConfig, exc: BaseException | None) -> str:
             return (f"; no broker on this machine? Install one (`sudo apt install mosquitto`), or {local}: "
                     f"add --mqtt-port {params.DISPLAY_MQTT_PORT}")
         return f"; is mosquitto running? {local}"
+    return ""
+
+
+def _protocol_hint(reason: Any) -> str:
+    """For a broker that refuses MQTT 5 (older than mosquitto 1.6)."""
+    if "protocol version" in str(reason).lower():
+        return '; a broker without MQTT 5? set [mqtt] protocol = "3.1.1"'
     return ""
 
 

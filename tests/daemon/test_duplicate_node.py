@@ -160,3 +160,22 @@ def test_two_daemons_with_one_node_name_settle(bal_train_dir, classifier_dir, mo
                 proc.wait(10)
     err = first.stderr.read()
     assert DUPLICATE not in err and "lost the MQTT broker" not in err, err[-2000:]
+
+
+def test_mqtt_3_1_1_still_delivers_and_two_daemons_do_not_knock_each_other_off(mosquitto, subscriber_factory):
+    """[mqtt] protocol = "3.1.1" (a broker without MQTT 5): no instance properties, so no
+    detection, but each process has its own client id: both stay connected, no flapping."""
+    sub = subscriber_factory(mosquitto.port, ["audiocap/old/#"])
+    sinks = [MqttSink(_cfg(mosquitto.port, protocol="3.1.1"), _ctx("old")) for _ in range(2)]
+    try:
+        for s in sinks:
+            s.start()
+        sinks[0].on_event(CaptionEvent("o1", "start", "Music", "[Music]", 0.9, 1.8e9, None, time.time()))
+        assert sinks[0].drain(5)
+        time.sleep(3)
+        assert all(s.connected and not s.yielded for s in sinks)
+        assert sub.payloads("/status") == [b"online", b"online"]  # once each: nobody was knocked off
+        assert [e["event_id"] for e in sub.events()] == ["o1"]
+    finally:
+        for s in sinks:
+            s.close()
