@@ -47,16 +47,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402  (after the BLAS thread setting)
+from procstat import status_mib  # noqa: E402  (bench/, beside this file)
 
 RATE = 44100
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def _make_audio(seconds: float, out: Path, workdir: Path) -> Path:
@@ -153,7 +146,7 @@ def _run(models, wav: Path, port: int, thresholds: dict[str, float], realtime: b
 
     def sample() -> None:
         while not done.wait(0.5):
-            rss.append((service.counts["audio_s"], _rss_mib()))
+            rss.append((service.counts["audio_s"], status_mib("VmRSS")))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -163,7 +156,7 @@ def _run(models, wav: Path, port: int, thresholds: dict[str, float], realtime: b
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
     done.set()
     sampler.join()
-    rss.append((service.counts["audio_s"], _rss_mib()))
+    rss.append((service.counts["audio_s"], status_mib("VmRSS")))
     return {
         "code": code, "wall": wall, "cpu": cpu, "audio_s": service.counts["audio_s"],
         "events": service.counts["events"], "proc": list(service.timer.samples), "rss": rss,

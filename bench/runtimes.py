@@ -59,14 +59,6 @@ REAL_RECORDINGS = ("dcase_util/utils/example_data/acoustic_scene.wav",)
 GOAL_P95_MS, GOAL_RSS_MIB = 10.0, 250.0
 
 
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def _child(args: argparse.Namespace) -> None:
     """Runs one configuration; prints one JSON line."""
     # The checkout (or the baseline's) first: bench/daemon.py would otherwise shadow the daemon package.
@@ -111,7 +103,9 @@ def _child(args: argparse.Namespace) -> None:
     hop, first_scores_s = timed(HOP)
     per_second = [t * RATE / HOP for t in hop]
     second, _ = timed(RATE)
-    rss = _peak_rss_mib()
+    from procstat import status_mib  # bench/, beside this file
+
+    rss = status_mib("VmHWM")
 
     def rows(outs: list) -> list:
         return [[o.type, o.label, round(o.start, 3), None if o.end is None else round(o.end, 3)]
