@@ -9,21 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 import hhelpers as hh
+from test_systemd import SYSTEM_UNITS, analyze  # noqa: F401  (the daemon unit tests' fixture)
 
 UNIT = hh.REPO / "systemd" / "audiocap-history.service"
-SYSTEM_UNITS = Path("/usr/lib/systemd/system")
-
-
-@pytest.fixture(scope="module")
-def analyze():
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (scripts/setup installs systemd)")
-    return "systemd-analyze"
 
 
 def test_unit_verifies_and_is_hardened(analyze, tmp_path):
