@@ -15,6 +15,9 @@ is its own:
 * ``memory``: the same sink with the in-memory bound lifted (every pending
   message also held in memory: the path before the bound existed).
 
+At the end of the outage the sink is closed and a new one started on the
+same journal (a restart): it reads the journal back before delivering.
+
 Normal rate: 570 caption edges an hour, measured by replaying real AudioSet
 clips through the shipped 4-class bundle (232 edges in 1476.5 s of audio:
 ``audiocapd --source replay:<20 bal_train clips> --sink stdout --pace fast
@@ -80,6 +83,16 @@ def _child(mode: str, port: int, spool: Path, edges: int, hours: float) -> None:
     fill_s = time.perf_counter() - t_fill
     queued = sink.queue_depth()
     journal_filled = spool.stat().st_size / 2**20 if spool.exists() else 0.0
+    # A restart at the end of the outage (a power cut, an upgrade): the new sink reads the journal.
+    sink.close()
+    samples.append(("closed", 0, _rss_mib()))
+    t_load = time.perf_counter()
+    sink = MqttSink(cfg, ctx)
+    if mode == "memory":
+        sink.memory_bound = 10**9
+    sink.start()
+    load_s = time.perf_counter() - t_load
+    samples.append(("restarted", sink.queue_depth(), _rss_mib()))
     print(json.dumps({"filled": True}), flush=True)
     sys.stdin.readline()  # the broker is up again
     t_send = time.perf_counter()
@@ -97,7 +110,7 @@ def _child(mode: str, port: int, spool: Path, edges: int, hours: float) -> None:
     journal_mib = spool.stat().st_size / 2**20 if spool.exists() else 0.0
     sink.close()
     print(json.dumps({"mode": mode, "samples": samples, "queued": queued, "delivered": delivered,
-                      "fill_s": fill_s, "send_s": send_s, "journal_mib_at_end": journal_mib,
+                      "fill_s": fill_s, "send_s": send_s, "load_s": load_s, "journal_mib_at_end": journal_mib,
                       "journal_mib_filled": journal_filled,
                       "dropped": sink.counters["dropped"]}), flush=True)
 
@@ -166,21 +179,28 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result['journal_mib_at_end']:.1f} MiB once delivered")
             print(f"[{mode}] every caption edge delivered once and in order: {result['in_order']} "
                   f"({len(got)} of {len(want)} received)")
+            restarted = next(s for s in result["samples"] if s[0] == "restarted")
+            result["restart_rss"] = restarted[2]
             print(f"[{mode}] RSS MiB: start {rss[0]:.1f}, through the outage "
-                  + " ".join(f"{x:.0f}" for x in outage) + f", peak {result['peak']:.1f}, end {rss[-1]:.1f}")
+                  + " ".join(f"{x:.0f}" for x in outage) + f"; after a restart that read the journal back "
+                  f"({restarted[1]} messages, {result['load_s']:.1f} s) {restarted[2]:.1f}; peak "
+                  f"{result['peak']:.1f}, end {rss[-1]:.1f}")
     d, m = results["disk"], results["memory"]
-    print("\n| | RSS start | RSS end of outage | growth | peak | delivered in order |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| | RSS start | RSS end of outage | growth | after a restart | peak | delivered in order |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for mode, r in (("disk (as shipped)", d), ("memory (no bound)", m)):
         print(f"| {mode} | {r['samples'][0][2]:.1f} MiB | {r['samples'][0][2] + r['growth']:.1f} MiB | "
-              f"{r['growth']:+.1f} MiB | {r['peak']:.1f} MiB | {r['in_order']} |")
+              f"{r['growth']:+.1f} MiB | {r['restart_rss']:.1f} MiB | {r['peak']:.1f} MiB | {r['in_order']} |")
     print(f"\ngrowth through the outage, disk / memory: {d['growth']:.1f} / {m['growth']:.1f} MiB "
           f"(ratio {d['growth'] / m['growth'] if m['growth'] > 0 else float('nan'):.3f})")
     # Loose bounds: the in-memory bound (1000 messages of ~0.5 kB) is under 1 MiB; allow
     # allocator noise. What must hold: every edge delivered in order, and the disk mode's
     # growth a small part of what holding everything in memory costs.
-    ok = d["in_order"] and m["in_order"] and d["growth"] < 16 and d["growth"] < 0.25 * max(m["growth"], 1)
-    print("loose bounds (in order; disk growth < 16 MiB and < 1/4 of the memory mode's):", "met" if ok else "NOT met")
+    restart_growth = d["restart_rss"] - d["samples"][0][2]
+    ok = (d["in_order"] and m["in_order"] and d["growth"] < 16 and d["growth"] < 0.25 * max(m["growth"], 1)
+          and restart_growth < 16 + 0.25 * max(m["growth"], 1))
+    print("loose bounds (in order; disk growth < 16 MiB and < 1/4 of the memory mode's; after the restart "
+          "too):", "met" if ok else "NOT met")
     return 0 if ok or not args.check else 1
 
 

@@ -42,16 +42,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 from daemon.exitcodes import EX_CANTCREAT, ExitError
 
 _LOGGER = logging.getLogger(__name__)
 
+_SEQ = re.compile(rb'\{"seq": (\d+),')
+"""The start of a message line as :meth:`Entry.line` writes it."""
 SYNC_DELAY_S = 0.05
 """Group commit: lines are fsync'd at most this long after they were written
 (plus the fsync itself); ``bench/journal.py`` measures what an fsync costs."""
@@ -93,6 +96,27 @@ class Entry:
         if self.acked:
             item["acked"] = True
         return json.dumps(item, ensure_ascii=False) + "\n"
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What :meth:`Journal.recover` found and kept.
+
+    Attributes:
+      pending: unacknowledged messages now in memory, in order.
+      on_disk: unacknowledged messages newer than ``pending``, left on disk only.
+      open_starts: caption starts whose end is not in the file (a crash left them open).
+      spilled_states: the state topics among the messages left on disk.
+      torn: lines that could not be read.
+      last_write: the file's mtime (0 when there was none).
+    """
+
+    pending: tuple[Entry, ...]
+    on_disk: int
+    open_starts: tuple[Entry, ...]
+    spilled_states: frozenset[str]
+    torn: int
+    last_write: float
 
 
 @dataclass(frozen=True)
@@ -167,33 +191,106 @@ class Journal:
     def load(self) -> Loaded:
         """Reads what a previous run left (nothing is changed on disk)."""
         try:
-            raw = self.path.read_bytes()
             mtime = self.path.stat().st_mtime
+            entries: dict[int, Entry] = {}
+            acks: set[int] = set()
+            torn = 0
+            for kind, item in _scan(self.path):
+                if kind == "ack":
+                    acks.add(item)  # type: ignore[arg-type]
+                elif kind == "msg":
+                    entries[item.seq] = item  # type: ignore[union-attr]
+                else:
+                    torn += 1
         except FileNotFoundError:
             return Loaded((), 0, 0.0)
         except OSError as exc:
             raise JournalError(f"[mqtt] spool_file: cannot read {self.path}: {exc.strerror or exc}") from None
-        entries: dict[int, Entry] = {}
-        acks: set[int] = set()
-        torn = 0
-        for line in raw.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                if "ack" in item:
-                    acks.add(int(item["ack"]))
-                    continue
-                e = Entry(int(item["seq"]), str(item["topic"]), str(item["payload"]), bool(item["retain"]),
-                          float(item.get("t", 0.0)), bool(item.get("acked", False)))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                torn += 1
-                continue
-            entries[e.seq] = e
         out = tuple(Entry(e.seq, e.topic, e.payload, e.retain, e.t, e.acked or e.seq in acks)
                     for e in sorted(entries.values(), key=lambda x: x.seq))
         self.counters["torn"] += torn
         return Loaded(out, torn, mtime)
+
+    def recover(self, memory_bound: int) -> Recovered:
+        """What the last run left, with at most ``memory_bound`` messages read into memory;
+        rewrites the file with only what still matters and opens it for appending.
+
+        Two passes over the file (acknowledgements, then messages), so a journal
+        of a long outage is never in memory whole: the newer pending messages
+        stay on disk only, for :meth:`read_back`.
+
+        Raises:
+          JournalError: the file cannot be read or written.
+        """
+        try:
+            mtime = self.path.stat().st_mtime if self.path.exists() else 0.0
+            acks = {item for kind, item in _scan(self.path, acks_only=True)} if mtime else set()
+            memory: list[Entry] = []
+            opens: dict[str, Entry] = {}  # event_id -> its start, while no end was seen
+            first, on_disk, torn, top, spilled = 0, 0, 0, 0, set()
+            for kind, e in _scan(self.path) if mtime else ():
+                if kind != "msg":
+                    torn += kind == "torn"
+                    continue
+                if e.seq <= top:  # not in order: not a file this class wrote; read it whole
+                    return self._recover_whole(memory_bound)
+                top = e.seq
+                if e.seq in acks and not e.acked:
+                    e = Entry(e.seq, e.topic, e.payload, e.retain, e.t, True)
+                _pair(opens, e)
+                if e.acked:
+                    continue
+                if len(memory) < memory_bound:
+                    memory.append(e)
+                    continue
+                first = first or e.seq
+                on_disk += 1
+                if "/state/" in e.topic:
+                    spilled.add(e.topic)
+        except OSError as exc:
+            raise JournalError(f"[mqtt] spool_file: cannot read {self.path}: {exc.strerror or exc}") from None
+        self.counters["torn"] += torn
+        open_seqs = {e.seq for e in opens.values()}
+        with self._lock:
+            self._seq = top
+            self._live = {e.seq: e for e in memory}
+            self._kept = {e.seq: e for e in opens.values() if e.acked}
+            self._on_disk, self._disk_first_seq = on_disk, first
+
+            def tail() -> Iterator[bytes]:  # the messages left on disk, and open starts among them
+                with open(self.path, "rb") as fh:
+                    for line in fh:
+                        m = _SEQ.match(line)
+                        if m is None or not line.endswith(b"\n") or int(m.group(1)) < first:
+                            continue  # an ack, a torn line, or one kept in memory
+                        seq = int(m.group(1))
+                        if seq not in acks:
+                            yield line
+                        elif seq in open_seqs:  # delivered, but its caption is open: kept, marked so
+                            e = _parse(line.rstrip(b"\n"))
+                            if e is not None:
+                                yield Entry(e.seq, e.topic, e.payload, e.retain, e.t, True).line().encode("utf-8")
+
+            try:
+                self._rewrite_locked(tail() if on_disk else None)
+            except OSError as exc:
+                raise JournalError(f"[mqtt] spool_file: cannot write {self.path}: {exc.strerror or exc}") from None
+        self._start_syncer()
+        return Recovered(tuple(memory), on_disk, tuple(sorted(opens.values(), key=lambda e: e.seq)),
+                         frozenset(spilled), torn, mtime)
+
+    def _recover_whole(self, memory_bound: int) -> Recovered:
+        loaded = self.load()
+        opens: dict[str, Entry] = {}
+        for e in loaded.entries:
+            _pair(opens, e)
+        keep = {e.seq: e for e in loaded.entries if not e.acked}
+        keep.update({e.seq: e for e in opens.values()})
+        pending = [e for e in loaded.entries if not e.acked]
+        memory = self.open(keep.values(), memory_bound)
+        spilled = frozenset(e.topic for e in pending[len(memory):] if "/state/" in e.topic)
+        return Recovered(tuple(memory), len(pending) - len(memory),
+                         tuple(sorted(opens.values(), key=lambda e: e.seq)), spilled, loaded.torn, loaded.last_write)
 
     def open(self, keep: Iterable[Entry], memory_bound: int | None = None) -> list[Entry]:
         """Rewrites the file with ``keep`` (in order, seq numbers kept) and opens it for appending.
@@ -225,10 +322,13 @@ class Journal:
                 self._rewrite_locked(tail)
             except OSError as exc:
                 raise JournalError(f"[mqtt] spool_file: cannot write {self.path}: {exc.strerror or exc}") from None
+        self._start_syncer()
+        return live
+
+    def _start_syncer(self) -> None:
         if self.sync_delay_s > 0:
             self._syncer = threading.Thread(target=self._sync_loop, name="audiocap-journal-sync", daemon=True)
             self._syncer.start()
-        return live
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -406,7 +506,7 @@ class Journal:
                 _LOGGER.warning("fsync of the journal %s failed: %s", self.path, exc.strerror or exc)
             self._dirty = False
 
-    def _rewrite_locked(self, tail: list[Entry] | None = None) -> None:
+    def _rewrite_locked(self, tail: list[Entry] | Iterator[bytes] | None = None) -> None:
         # A start still open may be both live (unacknowledged) and kept: once, as live. A kept
         # start that is still on disk only is in the run copied below.
         first_on_disk = self._disk_first_seq if self._on_disk else float("inf")
@@ -417,8 +517,10 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, data)
-            if tail:  # at open: the messages left on disk only are in memory once, here
+            if isinstance(tail, list) and tail:  # open(): the messages left on disk only, in memory once
                 tail_bytes = _write_all(fd, "".join(e.line() for e in tail).encode("utf-8"))
+            elif tail is not None:  # recover(): streamed from the old file
+                tail_bytes = _write_lines(fd, tail)
             else:
                 tail_bytes = self._copy_on_disk_locked(fd) if self._on_disk else 0
             os.fsync(fd)
@@ -452,20 +554,9 @@ class Journal:
     def _copy_on_disk_locked(self, fd: int) -> int:
         """Copies the run of on-disk messages (not the ack lines between them) from the
         current file to ``fd``, a line at a time; returns the bytes written."""
-        written = 0
-        batch: list[bytes] = []
         with open(self.path, "rb") as fh:
             fh.seek(self._disk_offset)
-            for line in fh:
-                if not line.endswith(b"\n") or line.startswith(b'{"ack"'):
-                    continue
-                batch.append(line)
-                if len(batch) >= 1000:
-                    written += _write_all(fd, b"".join(batch))
-                    batch.clear()
-        if batch:
-            written += _write_all(fd, b"".join(batch))
-        return written
+            return _write_lines(fd, (ln for ln in fh if ln.endswith(b"\n") and not ln.startswith(b'{"ack"')))
 
     def _sync_loop(self) -> None:
         while True:
@@ -510,3 +601,50 @@ def _parse(line: bytes) -> Entry | None:
                      float(item.get("t", 0.0)), bool(item.get("acked", False)))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _write_lines(fd: int, lines: Iterable[bytes]) -> int:
+    """Writes ``lines`` to ``fd`` a thousand at a time; returns the bytes written."""
+    written = 0
+    batch: list[bytes] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= 1000:
+            written += _write_all(fd, b"".join(batch))
+            batch.clear()
+    return written + (_write_all(fd, b"".join(batch)) if batch else 0)
+
+
+def _scan(path: Path, acks_only: bool = False) -> Iterator[tuple[str, Any]]:
+    """The lines of a journal file, streamed: ``("msg", Entry)``, ``("ack", seq)`` or
+    ``("torn", None)``; with ``acks_only`` only the acks (the rest is not parsed)."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            line = line.rstrip(b"\n")
+            if not line.strip():
+                continue
+            if line.startswith(b'{"ack"'):
+                try:
+                    yield "ack", int(json.loads(line)["ack"])
+                    continue
+                except (ValueError, KeyError, TypeError):
+                    pass
+            if acks_only:
+                continue
+            e = _parse(line)
+            yield ("msg", e) if e is not None else ("torn", None)
+
+
+def _pair(opens: dict[str, Entry], e: Entry) -> None:
+    """Tracks caption starts without their end: ``opens`` maps event_id -> start."""
+    if not e.topic.endswith("/events"):
+        return
+    try:
+        ev = json.loads(e.payload)
+        eid, kind = str(ev["event_id"]), ev["type"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if kind == "start":
+        opens[eid] = e
+    else:
+        opens.pop(eid, None)

@@ -763,36 +763,26 @@ class MqttSink:
         ends the captions it left open (a crash)."""
         if self.journal is None:
             return
-        loaded = self.journal.load()
-        pending = [e for e in loaded.entries if not e.acked]
-        open_starts: dict[str, tuple[Entry, dict[str, Any]]] = {}
-        for e in loaded.entries:
-            if not e.topic.endswith("/events"):
-                continue
+        got = self.journal.recover(self.memory_bound)
+        self.counters["torn"] = got.torn
+        open_starts = []
+        for e in got.open_starts:
             try:
-                ev = json.loads(e.payload)
-                eid, kind = str(ev["event_id"]), ev["type"]
-            except (ValueError, KeyError, TypeError):
+                open_starts.append((e, json.loads(e.payload)))
+            except ValueError:
                 continue
-            if kind == "start":
-                open_starts[eid] = (e, ev)
-            else:
-                open_starts.pop(eid, None)
-        keep = sorted({e.seq: e for e in [*pending, *(e for e, _ in open_starts.values())]}.values(),
-                      key=lambda e: e.seq)
-        in_memory = self.journal.open(keep, self.memory_bound)
-        self.counters["torn"] = loaded.torn
         with self._lock:
-            for e in in_memory:
+            for e in got.pending:
                 self._queue(_Msg(e.topic, e.payload, e.retain, 0.0, e.seq))
-            self._spilled_states = {e.topic for e in pending[len(in_memory):] if "/state/" in e.topic}
-            for e, ev in open_starts.values():
-                self._end_interrupted(e, ev, loaded.last_write)
-        self.counters["resent"] = len(pending)
+            self._spilled_states = set(got.spilled_states)
+            for e, ev in open_starts:
+                self._end_interrupted(e, ev, got.last_write)
+        resent = len(got.pending) + got.on_disk
+        self.counters["resent"] = resent
         self.counters["interrupted"] = len(open_starts)
-        if pending or loaded.torn or open_starts:
+        if resent or got.torn or open_starts:
             _LOGGER.info("journal %s: re-sending %d message(s) from the last run first (%d torn line(s) skipped, "
-                         "%d caption(s) left open by a crash ended)", self.spool_path, len(pending), loaded.torn,
+                         "%d caption(s) left open by a crash ended)", self.spool_path, resent, got.torn,
                          len(open_starts))
 
     def _end_interrupted(self, start: Entry, ev: dict[str, Any], last_write: float) -> None:
