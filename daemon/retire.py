@@ -4,8 +4,9 @@ Every node leaves retained messages behind: its ``status``, its per-class
 ``state/<Class>`` and its Home Assistant discovery configs. Nothing else
 removes them, so every node name ever used (test runs, renamed rooms) stays
 on every display and in Home Assistant. Retiring a node collects the
-retained messages under ``<prefix>/<NAME>/`` and the discovery configs whose
-device is ``audiocap_<NAME>``, and clears each (an empty retained message,
+retained messages under ``<prefix>/<NAME>/``, the caption history's digest of
+it and the discovery configs whose device is ``audiocap_<NAME>`` (the
+daemon's and the history's sensors), and clears each (an empty retained message,
 which MQTT defines as "delete"); Home Assistant then removes the entities.
 
 A node that is online is refused: its daemon would say everything again at
@@ -112,12 +113,13 @@ def retire_node(cfg: MqttConfig, node: str) -> Retired:
       ExitError: the broker cannot be reached (69), the node is online (75).
     """
     base = f"{cfg.prefix}/{node}"
-    found = _retained(cfg, [f"{base}/#", f"{cfg.discovery_prefix}/+/+/config", f"{cfg.prefix}/+/status"])
+    digest = f"{cfg.prefix}/_history/digest/{node}"  # the caption history's day of that node (docs/history.md)
+    found = _retained(cfg, [f"{base}/#", f"{cfg.discovery_prefix}/+/+/config", f"{cfg.prefix}/+/status", digest])
     if found.get(f"{base}/status") == b"online":
         raise ExitError(f"node '{node}' is online on MQTT broker {cfg.host}:{cfg.effective_port} (an audiocapd "
                         "is connected as it and would announce it again): stop that daemon first, then retire it",
                         EX_TEMPFAIL)
-    topics = sorted(t for t, p in found.items() if t.startswith(f"{base}/") or
+    topics = sorted(t for t, p in found.items() if t.startswith(f"{base}/") or t == digest or
                     (t.startswith(f"{cfg.discovery_prefix}/") and _is_nodes(p, node)))
     others = sorted({t.split("/")[-2] for t in found if t.endswith("/status") and t.startswith(f"{cfg.prefix}/")}
                     - {node})

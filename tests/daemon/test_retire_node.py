@@ -30,6 +30,12 @@ def _node_ran(port: int, node: str, stop: bool = True) -> MqttSink:
     return sink
 
 
+def _publish_retained(port: int, topic: str, payload: str) -> None:
+    import paho.mqtt.publish as publish
+
+    publish.single(topic, payload, qos=1, retain=True, hostname="127.0.0.1", port=port)
+
+
 def _retire(port: int, node: str):
     return dhelpers.run_daemon("--retire-node", node, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port),
                                timeout=60)
@@ -38,10 +44,13 @@ def _retire(port: int, node: str):
 def test_retire_node_leaves_no_retained_topic_of_it(mosquitto):
     for node in ("gone", "gone_2", "keep"):
         _node_ran(mosquitto.port, node)
+        # The caption history's retained digest of the node (docs/history.md).
+        _publish_retained(mosquitto.port, f"audiocap/_history/digest/{node}", '{"node": "%s"}' % node)
     before = _all_retained(mosquitto.port)
-    mine = {t for t in before if "/gone/" in t or "/gone_" in t and "gone_2" not in t}
+    mine = {t for t in before if t.endswith("/gone") or "/gone/" in t or "/gone_" in t and "gone_2" not in t}
     assert "audiocap/gone/status" in mine and "homeassistant/binary_sensor/gone_music/config" in mine
-    assert len(mine) == 1 + 4 + 6, sorted(mine)  # status, 4 states, 4 binary sensors + event + level sensor
+    assert "audiocap/_history/digest/gone" in mine
+    assert len(mine) == 1 + 4 + 6 + 1, sorted(mine)  # status, 4 states, 4 binary sensors + event + level, digest
     r = _retire(mosquitto.port, "gone")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"cleared {len(mine)} retained topic(s)" in r.stdout, r.stdout
