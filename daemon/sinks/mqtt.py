@@ -271,7 +271,7 @@ class MqttSink:
         with self._lock:
             self._release_if_clear()
 
-    def _announce(self, pending_states: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def _announce(self, pending_states: set[str] | frozenset[str] = frozenset()) -> None:
         """Says ``online``, the discovery configs and the current states.
 
         A restarted broker without persistence forgot retained states: they are
