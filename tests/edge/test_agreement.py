@@ -64,7 +64,13 @@ def test_litert_float32_captions_equal_tensorflow(runtimes, tmp_path, bal_train_
         want, want_scores = _run(runtimes["tensorflow"], rec=rec)
         got, got_scores = _run(runtimes["float32"], rec=rec)
         assert got == want, name
-        np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+        # XNNPACK and oneDNN round float32 differently (raw embeddings ~1e-6
+        # apart, relative): now and then a uint8 value lands one step over, which
+        # moves the scores by ~1e-5; anything more is a real difference.
+        a, b = (runtimes[r].make_embedder(RATE).embed(rec).astype(int) for r in ("tensorflow", "float32"))
+        steps = np.abs(a - b)
+        assert steps.max() <= 1 and np.mean(steps > 0) < 0.005, (name, int((steps > 0).sum()))
+        np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
     from daemon.tfrecord import iter_clips, list_tfrecords
 
     emb = np.concatenate([c.embeddings for c in iter_clips(list_tfrecords(bal_train_dir)[200:240])])
