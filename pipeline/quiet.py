@@ -70,17 +70,20 @@ def native_stderr() -> Iterator[None]:
                 os.write(2, b"".join(kept))
 
 
+_tensorflow: Any = None
+
+
 def import_tensorflow() -> Any:
     """Imports TensorFlow (and lets it look for devices) without its chatter;
     returns the module. Its Python loggers keep only errors unless debugging."""
-    if "tensorflow" in sys.modules and getattr(import_tensorflow, "_done", False):
-        return sys.modules["tensorflow"]
-    with native_stderr():
-        import tensorflow as tf
+    global _tensorflow
+    if _tensorflow is None:
+        with native_stderr():
+            import tensorflow as tf
 
-        tf.config.list_logical_devices("CPU")  # the device scan prints (cuInit) once
-    if not debugging():
-        for name in ("tensorflow", "absl"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    import_tensorflow._done = True  # type: ignore[attr-defined]
-    return tf
+            tf.config.list_logical_devices("CPU")  # the device scan prints (cuInit) once
+        if not debugging():
+            for name in ("tensorflow", "absl"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+        _tensorflow = tf
+    return _tensorflow
