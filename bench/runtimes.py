@@ -15,8 +15,10 @@ measured is what ``audiocapd`` runs. Per configuration it prints:
   by 0.96. For comparison also the p95 over 1 s blocks, which hold two VGGish
   runs in 1 s out of 24;
 * on a shared machine the load changes from minute to minute, so the
-  configurations run in ``--rounds`` interleaved rounds (each a fresh child)
-  and each figure is the median over the rounds;
+  configurations run in ``--rounds`` interleaved rounds (each a fresh child).
+  Each figure is given as the median over the rounds and as the best round
+  (load only ever adds time, so the best round is the estimate nearest to a
+  quiet machine);
 * the peak RSS of the child itself (``VmHWM`` of ``/proc/self/status``, which
   is per address space: nothing of the parent that started it is counted);
 * start-up: process start to models loaded, and to the first scores;
@@ -258,27 +260,35 @@ def main() -> None:
     runs = {}
     for label, rs in rounds.items():
         runs[label] = dict(rs[0], **{k: statistics.median(x[k] for x in rs) for k in ("p50", "p95", "p95_1s")},
+                           **{f"best_{k}": min(x[k] for x in rs) for k in ("p50", "p95", "p95_1s")},
                            rss_mib=max(x["rss_mib"] for x in rs))
 
     print(f"audiocap runtimes: whole chain per second of {RATE} Hz audio ({args.seconds:g} s timed in blocks of one "
-          f"0.96 s hop; p95 1s: in 1 s blocks; medians of {args.rounds} interleaved rounds); VGGish with random weights of the published architecture; "
-          f"load average {os.getloadavg()[0]:.2f} (after the run)")
+          f"0.96 s hop; p95 1s: in 1 s blocks; {args.rounds} interleaved rounds); VGGish with random weights of the "
+          f"published architecture; load average {os.getloadavg()[0]:.2f} (after the run)")
     ref = runs.get(baseline) if baseline else None
-    head = (f"{'configuration':<46} {'p50 ms':>7} {'p95 ms':>7} {'p95 1s':>7} {'p50, p95 x today':>16} {'peak RSS MiB':>12} "
-            f"{'ready s':>7} {'1st scores s':>12} {'TF':>5}")
+    print(f"{'':<46} {'median of rounds':^31} {'best round':^31}")
+    head = (f"{'configuration':<46}" + f" {'p50 ms':>7} {'p95 ms':>7} {'p95 1s':>7} {'x today':>7}" * 2 +
+            f" {'peak RSS MiB':>12} {'ready s':>7} {'1st scores s':>12} {'TF':>5}")
     print(head)
     for label, r in runs.items():
-        ratio = f"{r['p50'] / ref['p50']:.2f}, {r['p95'] / ref['p95']:.2f}" if ref else "-"
-        print(f"{label:<46} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['p95_1s']:>7.2f} {ratio:>16} {r['rss_mib']:>12.0f} "
-              f"{r['ready_s']:>7.2f} {(r['first_scores_s'] or float('nan')):>12.2f} {str(r['tensorflow_loaded']):>5}")
+        cols = ""
+        for b in ("", "best_"):
+            ratio = f"{r[b + 'p95'] / ref[b + 'p95']:.2f}" if ref else "-"
+            cols += f" {r[b + 'p50']:>7.2f} {r[b + 'p95']:>7.2f} {r[b + 'p95_1s']:>7.2f} {ratio:>7}"
+        print(f"{label:<46}{cols} {r['rss_mib']:>12.0f} {r['ready_s']:>7.2f} "
+              f"{(r['first_scores_s'] or float('nan')):>12.2f} {str(r['tensorflow_loaded']):>5}")
     edge = runs[EDGE]
-    print(f"\nedge profile ({EDGE}): p95 {edge['p95']:.2f} ms per second of audio (goal <= {GOAL_P95_MS:g} ms: "
-          f"{'met' if edge['p95'] <= GOAL_P95_MS else 'MISSED'}); peak RSS {edge['rss_mib']:.0f} MiB "
+    print(f"\nedge profile ({EDGE}): p95 {edge['p95']:.2f} ms per second of audio, best round {edge['best_p95']:.2f} "
+          f"(goal <= {GOAL_P95_MS:g} ms: {'met' if edge['p95'] <= GOAL_P95_MS else 'MISSED'}, best round "
+          f"{'met' if edge['best_p95'] <= GOAL_P95_MS else 'MISSED'}); peak RSS {edge['rss_mib']:.0f} MiB "
           f"(goal <= {GOAL_RSS_MIB:g} MiB: {'met' if edge['rss_mib'] <= GOAL_RSS_MIB else 'MISSED'})")
     if ref:
-        print(f"against today's path ({args.baseline}, same run): p50 x{edge['p50'] / ref['p50']:.2f}, "
-              f"p95 x{edge['p95'] / ref['p95']:.2f} (today p50 {ref['p50']:.2f} / p95 {ref['p95']:.2f} ms; "
-              f"in 1 s blocks {ref['p95_1s']:.2f} ms), peak RSS {edge['rss_mib']:.0f} vs {ref['rss_mib']:.0f} MiB")
+        for b, what in (("", "median of rounds"), ("best_", "best round")):
+            print(f"against today's path ({args.baseline}, same run, {what}): p50 x{edge[b + 'p50'] / ref[b + 'p50']:.2f}, "
+                  f"p95 x{edge[b + 'p95'] / ref[b + 'p95']:.2f} (today p50 {ref[b + 'p50']:.2f} / p95 {ref[b + 'p95']:.2f} ms "
+                  f"in hop blocks; {ref[b + 'p95_1s']:.2f} ms in its own bench's 1 s blocks)")
+        print(f"peak RSS {edge['rss_mib']:.0f} MiB vs today's {ref['rss_mib']:.0f} MiB")
     now, before = runs[EDGE], runs[WINDOW_RUN]
     print(f"per-second captions on the edge profile: p50 {now['p50']:.2f} ms vs {before['p50']:.2f} ms with the "
           f"window score (ratio {now['p50'] / before['p50']:.3f})")
