@@ -5,6 +5,10 @@ Topics (``<p>`` = the prefix, ``<h>`` = ``<p>/_history``):
 * reads ``<p>/+/events`` (QoS 1) with a fixed client id and a persistent
   MQTT 5 session: what arrives while the service or the broker is away waits
   in the broker;
+* reads ``<p>/+/status`` on the same session: the empty message that
+  ``audiocapd --retire-node`` leaves there retires the node here too (its
+  digest and sensors are cleared and not said again, even after a restart,
+  until the node speaks again; its captions stay queryable);
 * answers queries on ``<h>/request`` (MQTT 5 request/response: the answer goes
   to the request's response topic, which must lie under ``<h>/response/``,
   with its correlation data);
@@ -109,6 +113,7 @@ class HistoryService:
         self._digest_at: dict[str, float] = {}
         self._discovered: set[str] = set()
         self._discovery_due = False
+        self._retired = store.retired()
         self._day = day_start_ms(time.time())
         self._tokens = config.history.max_requests_per_s * 2
         self._tokens_at = time.monotonic()
@@ -162,7 +167,7 @@ class HistoryService:
         self.counters["connects"] += 1
         _LOGGER.info("connected to MQTT broker %s:%d (session %s)", m.host, m.effective_port,
                      "resumed" if flags.session_present else "new")
-        subs = [(self.events_filter, SubscribeOptions(qos=1))]
+        subs = [(self.events_filter, SubscribeOptions(qos=1)), (f"{m.prefix}/+/status", SubscribeOptions(qos=1))]
         if m.discovery:
             subs.append((f"{m.discovery_prefix}/status", SubscribeOptions(qos=1)))
         client.subscribe(subs)
@@ -253,6 +258,8 @@ class HistoryService:
                     entry.done = False
                 except Skip as exc:
                     self.skips.add(exc, topic)
+            elif len(levels) == 2 and levels[1] == "status" and not levels[0].startswith("_"):
+                self._node_status(levels[0], msg.payload)
             elif topic == f"{self.config.mqtt.discovery_prefix}/status" and msg.payload == b"online":
                 self._discovery_due = True
         self._write_pending()
@@ -287,8 +294,31 @@ class HistoryService:
         for entry, c in self._pending:
             entry.done = True
             self._digest_due.add(c.node)
+            if c.start_ms > self._retired.get(c.node, c.start_ms):  # a retired node speaks again
+                self._node_status(c.node, b"online")
         self.counters["written"] += len(self._pending)
         self._pending = []
+
+    def _node_status(self, node: str, payload: bytes) -> None:
+        """A node's status: empty (retired with ``audiocapd --retire-node``) or online/offline (in service)."""
+        try:
+            if not payload and node not in self._retired:
+                at = int(time.time() * 1000)
+                self.store.set_retired(node, at)
+                self._retired[node] = at
+                self._digest_due.discard(node)
+                self._discovered.discard(node)
+                # Cleared here too: a digest said before the retirement reached us would bring it back.
+                for topic in [self.config.mqtt.topic("digest", node), *discovery_configs(self.config, node)]:
+                    self.client.publish(topic, b"", qos=1, retain=True)
+                _LOGGER.info("node '%s' was retired: its digest and sensors are cleared, its captions kept", node)
+            elif payload and node in self._retired:
+                self.store.set_retired(node, None)
+                del self._retired[node]
+                self._digest_due.add(node)
+                _LOGGER.info("node '%s' is back in service after its retirement", node)
+        except StoreError as exc:
+            _LOGGER.warning("could not record node '%s' as %s: %s", node, "back" if payload else "retired", exc)
 
     def _flush_acks(self) -> None:
         while self._acks and self._acks[0].done:

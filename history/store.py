@@ -44,6 +44,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX captions_urgent ON captions (start_ms) WHERE urgent = 1",
         "CREATE INDEX captions_open ON captions (node, start_ms) WHERE end_ms IS NULL",
     ),
+    (  # 3: nodes retired with `audiocapd --retire-node` (no digest, no sensors until they speak again)
+        "CREATE TABLE retired (node TEXT PRIMARY KEY, at_ms INTEGER NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 OPEN_LOOKBACK_MS = 86_400_000
@@ -427,8 +430,24 @@ class Store:
         }
 
     def nodes(self) -> list[str]:
-        """Every node with a caption stored."""
-        return [r[0] for r in self.db.execute("SELECT DISTINCT node FROM captions ORDER BY node")]
+        """Every node with a caption stored, but those retired."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT node FROM captions WHERE node NOT IN (SELECT node FROM retired) ORDER BY node")]
+
+    def retired(self) -> dict[str, int]:
+        """The retired nodes: node -> when it was retired (epoch ms)."""
+        return dict(self.db.execute("SELECT node, at_ms FROM retired"))
+
+    def set_retired(self, node: str, at_ms: int | None) -> None:
+        """Marks ``node`` retired at ``at_ms``, or (``None``) back in service.
+
+        Its captions stay: a retired room's past can still be asked for.
+        """
+        with self._transaction() as db:
+            if at_ms is None:
+                db.execute("DELETE FROM retired WHERE node = ?", (node,))
+            else:
+                db.execute("INSERT OR REPLACE INTO retired (node, at_ms) VALUES (?, ?)", (node, at_ms))
 
     def count(self) -> int:
         """Captions stored."""

@@ -46,7 +46,8 @@ def test_a_version_1_database_is_migrated_and_keeps_its_captions(tmp_path):
         "PRAGMA user_version = 1;")
     con.close()
     s = Store(path)
-    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert s.retired() == {}  # version 3's table is there, and empty
     assert [r["event_id"] for r in s.captions(T0, T0 + H)["captions"]] == ["x"]
     s.add([cap("x", "Speech", T0, T0 + 4000, node="hall")])
     assert s.captions(T0, T0 + H)["captions"][0]["caption"] == "[Speech]"
