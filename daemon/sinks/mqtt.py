@@ -89,6 +89,9 @@ def object_id(node: str, name: str) -> str:
 
 SPOOL_NAME = "mqtt-spool.jsonl"
 """Under systemd, the journal is ``$STATE_DIRECTORY/mqtt-spool.jsonl``."""
+ANNOUNCE_GRACE_S = 1.0
+"""After ``online``, how long a (re)connect waits before saying its states and
+discovery: an older daemon with the same node name answers within it."""
 CONNACK_WARN_S = 10.0
 """A broker that took the TCP connection but has not answered CONNECT after
 this long is reported (it may not be an MQTT broker, or be overloaded)."""
@@ -151,6 +154,7 @@ class MqttSink:
         """Journaled messages waiting in memory at most; the rest wait on disk (with a journal)."""
         self._spilled_states: set[str] = set()  # state topics among the messages on disk only
         self._read_back_failed = False
+        self._announce_pending = False  # a (re)connect's states and discovery are still to be said
         self._flow_open = False
         self._in_hand = 0  # popped from _held, not yet registered in _unacked
         self._stop_pump = False
@@ -252,10 +256,7 @@ class MqttSink:
         with self._lock:
             self._connected = True
             self.counters["connects"] += 1
-            pending_states = {m.topic for m in self._unacked.values() if "/state/" in m.topic}
-            pending_states |= {m.topic for m in self._held if "/state/" in m.topic}
-            if self._on_disk():
-                pending_states |= self._spilled_states
+            pending_states = self._pending_states()
         if self._outage_logged or not self._ever_connected:
             _LOGGER.info("connected to MQTT broker %s:%d", self.config.host, self.config.effective_port)
         self._ever_connected = True
@@ -267,18 +268,43 @@ class MqttSink:
         # then sees it, and we see its answer (see _check_instance).
         if self._v5:  # MQTT 3.1.1 carries no user properties: no one to tell apart
             client.subscribe([(self.status_topic, 1), (self._state_topic("+"), 1)])
-        self._announce(pending_states)
+            # Only `online` now; the states and discovery once an older daemon with
+            # this node name has had time to answer it, so a newcomer that gives
+            # way never flips the other's states (an automation would see OFF, ON).
+            self._publish(self.status_topic, "online", qos=1, retain=True)
+            connects = self.counters["connects"]
+            with self._lock:
+                self._announce_pending = True  # drain() waits for it
+            timer = threading.Timer(ANNOUNCE_GRACE_S, self._announce_later, args=(connects,))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._announce(pending_states)
         with self._lock:
             self._release_if_clear()
 
-    def _announce(self, pending_states: set[str] | frozenset[str] = frozenset()) -> None:
+    def _pending_states(self) -> set[str]:
+        """State topics with a message still to send (caller holds ``_lock``)."""
+        pending = {m.topic for m in [*self._unacked.values(), *self._held] if "/state/" in m.topic}
+        return pending | self._spilled_states if self._on_disk() else pending
+
+    def _announce_later(self, connects: int) -> None:
+        """The rest of a (re)connect's announcement, unless the connection changed or we gave way."""
+        with self._lock:  # re-entrant: _publish takes it too
+            if self._connected and not self.yielded and not self._closing and self.counters["connects"] == connects:
+                self._announce(self._pending_states(), status=False)
+            self._announce_pending = False
+            self._lock.notify_all()
+
+    def _announce(self, pending_states: set[str] | frozenset[str] = frozenset(), status: bool = True) -> None:
         """Says ``online``, the discovery configs and the current states.
 
         A restarted broker without persistence forgot retained states: they are
         said again, unless a newer state for that class is still queued (it
         would be overtaken by this one).
         """
-        self._publish(self.status_topic, "online", qos=1, retain=True)
+        if status:
+            self._publish(self.status_topic, "online", qos=1, retain=True)
         if self.config.discovery:
             self._publish_discovery()
         for name, on in list(self._state.items()):
@@ -697,7 +723,7 @@ class MqttSink:
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
-            while self._unacked or self._held or self._in_hand or self._on_disk():
+            while self._unacked or self._held or self._in_hand or self._on_disk() or self._announce_pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -52,7 +52,7 @@ def _retained(port: int, topics: list[str], timeout: float = 5.0) -> dict[str, t
 
 
 def test_the_later_sink_gives_way_and_the_states_stay_true(mosquitto, subscriber_factory, caplog):
-    sub = subscriber_factory(mosquitto.port, ["audiocap/kitchen/status"])
+    sub = subscriber_factory(mosquitto.port, ["audiocap/kitchen/status", "audiocap/kitchen/state/Music"])
     first = MqttSink(_cfg(mosquitto.port), _ctx("kitchen"))
     first.start()
     fatal: list[tuple[int, str]] = []
@@ -77,6 +77,9 @@ def test_the_later_sink_gives_way_and_the_states_stay_true(mosquitto, subscriber
         assert retained["audiocap/kitchen/status"][0] == b"online"
         assert retained["audiocap/kitchen/status"][1]["audiocap-instance"] == first.instance
         assert retained["audiocap/kitchen/state/Music"][0] == b"ON", retained
+        # Music never flipped: the newcomer said only `online` before it gave way.
+        music = sub.payloads("state/Music")
+        assert music and b"OFF" not in music, music
         statuses = sub.payloads("status")
         assert b"offline" not in statuses and len(statuses) <= 3, statuses
         lines = [r.getMessage() for r in caplog.records if DUPLICATE in r.getMessage()]
