@@ -29,8 +29,8 @@ measured is what ``audiocapd`` runs. Per configuration it prints:
   is installed), plus the caption events on replayed AudioSet embeddings.
 
 ``--baseline REF`` adds today's path: the same configuration as the edge
-default (LiteRT int8, one thread) run from the code of git revision REF (a
-worktree in the work directory) with the same files and bundle, and prints
+default (LiteRT int8, one thread) run from the code of git revision REF (its
+files, unpacked in the work directory) with the same files and bundle, and prints
 each edge figure as a ratio to it.
 
 The VGGish weights are seeded random numbers in the published architecture
@@ -192,13 +192,15 @@ def _prepare(workdir: Path) -> tuple[Path, dict[str, Path], Path]:
 
 
 def _baseline_tree(workdir: Path, ref: str) -> Path:
-    """A worktree of ``ref`` (made once, then reused)."""
+    """The files of revision ``ref`` (``git archive``, made once, then reused;
+    nothing is added to the repository's own metadata)."""
     sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, check=True, capture_output=True,
                          text=True).stdout.strip()
     tree = workdir / f"baseline-{sha}"
     if not (tree / "daemon").is_dir():
-        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), sha], cwd=REPO, check=True,
-                       capture_output=True)
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha], cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
 
 
