@@ -828,6 +828,10 @@
   }
 
   function onStatus(name, value, retained) {
+    if (value === "") {
+      forgetRoom(name); // its retained status was cleared: `audiocapd --retire-node`
+      return;
+    }
     var n = nodeRecord(name);
     if (value === "offline") {
       if (n.state !== "offline") {
@@ -886,6 +890,7 @@
   }
 
   function onState(name, label, value) {
+    if (value !== "ON" && value !== "OFF") return; // a cleared state (a retired room) makes no room
     var n = nodeRecord(name);
     if (value === "ON") {
       // Known from the retained state only (e.g. the page opened mid-caption): no start time.
@@ -948,6 +953,24 @@
     announce(name + " hidden. Settings lists hidden rooms.");
     renderAll();
     document.getElementById("now").focus();
+  }
+
+  // A retired room (docs/daemon.md, "Retiring a node") leaves every screen at once.
+  function forgetRoom(name) {
+    var n = nodes.get(name);
+    if (!n) return;
+    n.active.forEach(function (a, label) {
+      endAlert(name, label);
+    });
+    if (n.ui) n.ui.section.remove();
+    nodes.delete(name);
+    var i = hiddenRooms.indexOf(name);
+    if (i >= 0) {
+      hiddenRooms.splice(i, 1);
+      saveHidden();
+    }
+    announce(name + " was removed from audiocap.");
+    renderAll();
   }
 
   function unhideRoom(name) {

@@ -68,6 +68,13 @@ def test_an_urgent_sound_already_on_alerts_on_opening_and_rooms_can_be_hidden(br
     _pub(broker, "audiocap/attic/status", "online", retain=True)
     dh.wait_until(lambda: browser.find_element("css selector", "[data-node-group=attic]").is_displayed(), 10,
                   what="the attic shown again")
+    # Retired with `audiocapd --retire-node` while the page is open: the room leaves at once.
+    _pub(broker, "audiocap/attic/status", "offline", retain=True)
+    r = dhelpers.run_daemon("--retire-node", "attic", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port),
+                            timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    dh.wait_until(lambda: not dh.dom(browser, "[data-node-group=attic]"), 10, what="the retired attic gone")
+    assert dh.dom(browser, "[data-node-group=hall]") and dh.dom(browser, "[data-alert]")
 
 
 def _local_hour(ms: int, day_from: datetime) -> int:
