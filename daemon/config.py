@@ -18,7 +18,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from daemon.exitcodes import EX_CONFIG  # noqa: F401  (re-exported for callers)
 from pipeline import params
@@ -350,6 +350,85 @@ def _read_password(mqtt: Mapping[str, Any], origin: str) -> str:
     return ""
 
 
+def read_tables(
+    path: str | os.PathLike | None,
+    default_path: Path,
+    sections: Iterable[str],
+    overrides: Mapping[tuple[str, str], tuple[Any, str]] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]], str]:
+    """Reads a TOML configuration and lays the flags over it (the daemon's and the history's).
+
+    Args:
+      path: the TOML file; ``None`` reads ``default_path`` if it exists.
+      default_path: the file read without ``path``.
+      sections: the known tables.
+      overrides: ``{(section, key): (value, origin)}`` from command-line flags.
+
+    Returns:
+      ``(merged, origins, file_label)``: per table its raw values and where each
+      came from (the file or the flag), and the file's name ("" for none).
+
+    Raises:
+      ConfigError: the file cannot be read, is not TOML, or has an unknown table.
+    """
+    raw: dict[str, Any] = {}
+    file_label = ""
+    if path is None and default_path.is_file():
+        path = default_path
+    if path is not None:
+        file_label = os.fspath(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{file_label}: cannot read the configuration file: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file_label}: invalid TOML: {exc}") from None
+    names = list(sections)
+    for section, value in raw.items():
+        if section not in names:
+            raise ConfigError(f"{file_label}: unknown table [{section}]; known tables: {', '.join(names)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file_label}: {section} must be a table ([{section}])")
+    merged: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in names}
+    origins: dict[str, dict[str, str]] = {s: {k: file_label for k in merged[s]} for s in names}
+    for (section, key), (value, origin) in (overrides or {}).items():
+        merged[section][key] = value
+        origins[section][key] = origin
+    return merged, origins, file_label
+
+
+def check_broker(mqtt: Any, raw: Mapping[str, Any], origins: Mapping[str, str], file_label: str) -> Any:
+    """The ``[mqtt]`` checks every audiocap client shares; returns ``mqtt`` with its password read.
+
+    ``mqtt`` is a frozen dataclass with the broker keys (host, username,
+    client_id, prefix, discovery_prefix, ca_file, cert_file, key_file): the
+    daemon's :class:`MqttConfig` or the history's.
+
+    Raises:
+      ConfigError: one line naming the key and the file or flag.
+    """
+    if not mqtt.host.strip():
+        raise ConfigError(f"{origins.get('host', '?')}: [mqtt] host is empty (a broker host name or address)")
+    for key in ("host", "username", "client_id"):
+        value = getattr(mqtt, key)
+        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+            raise ConfigError(f"{origins.get(key, '?')}: [mqtt] {key}: {value!r} holds a control character")
+    for key in ("prefix", "discovery_prefix"):
+        value = getattr(mqtt, key)
+        if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
+            raise ConfigError(f"{origins.get(key, '?')}: [mqtt] {key}: {value!r} is not a valid topic prefix")
+    if bool(mqtt.cert_file) != bool(mqtt.key_file):
+        raise ConfigError(f"{origins.get('cert_file', origins.get('key_file', '?'))}: [mqtt] cert_file and key_file "
+                          "go together")
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(mqtt, key)
+        if value and not os.path.isfile(value):
+            raise ConfigError(f"{origins.get(key, '?')}: [mqtt] {key}: no such file {value}")
+    _check_tls_files(mqtt, origins)
+    return dataclasses.replace(mqtt, password=_read_password(raw, origins.get("password_file", file_label)))
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: Mapping[tuple[str, str], tuple[Any, str]] | None = None,
@@ -367,31 +446,7 @@ def load_config(
     Raises:
       ConfigError: one line naming the key and the file or flag.
     """
-    raw: dict[str, Any] = {}
-    file_label = ""
-    if path is None and DEFAULT_CONFIG_PATH.is_file():
-        path = DEFAULT_CONFIG_PATH
-    if path is not None:
-        file_label = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{file_label}: cannot read the configuration file: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{file_label}: invalid TOML: {exc}") from None
-    for section, value in raw.items():
-        if section not in SECTIONS:
-            raise ConfigError(
-                f"{file_label}: unknown table [{section}]; known tables: {', '.join(SECTIONS)}"
-            )
-        if not isinstance(value, dict):
-            raise ConfigError(f"{file_label}: {section} must be a table ([{section}])")
-    merged: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in SECTIONS}
-    origins: dict[str, dict[str, str]] = {s: {k: file_label for k in merged[s]} for s in SECTIONS}
-    for (section, key), (value, origin) in (overrides or {}).items():
-        merged[section][key] = value
-        origins[section][key] = origin
+    merged, origins, file_label = read_tables(path, DEFAULT_CONFIG_PATH, SECTIONS, overrides)
     if "password" in merged["mqtt"]:
         _build_section(MqttConfig, {"password": ""}, origins["mqtt"], "mqtt")  # raises, naming it
     built = {s: _build_section(cls, merged[s], origins[s], s) for s, cls in SECTIONS.items()}
@@ -421,27 +476,9 @@ def load_config(
             raise ConfigError(f"{origins['mic'].get('sample_rate', '?')}: [mic] sample_rate: {problem}")
     mqtt: MqttConfig = built["mqtt"]
     mo = origins["mqtt"]
-    if not mqtt.host.strip():
-        raise ConfigError(f"{mo.get('host', '?')}: [mqtt] host is empty (a broker host name or address)")
-    for key in ("host", "username", "client_id"):
-        value = getattr(mqtt, key)
-        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
-            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: {value!r} holds a control character")
-    for key in ("prefix", "discovery_prefix"):
-        value = getattr(mqtt, key)
-        if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
-            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: {value!r} is not a valid topic prefix")
     if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
         raise ConfigError(f"{mo.get('reconnect_max_s', '?')}: [mqtt] reconnect_max_s is below reconnect_min_s")
-    if bool(mqtt.cert_file) != bool(mqtt.key_file):
-        raise ConfigError(f"{mo.get('cert_file', mo.get('key_file', '?'))}: [mqtt] cert_file and key_file go together")
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(mqtt, key)
-        if value and not os.path.isfile(value):
-            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: no such file {value}")
-    _check_tls_files(mqtt, mo)
-    password = _read_password(merged["mqtt"], mo.get("password_file", file_label))
-    mqtt = dataclasses.replace(mqtt, password=password)
+    mqtt = check_broker(mqtt, merged["mqtt"], mo, file_label)
     ev: EventsConfig = built["events"]
     if ev.off_ratio == 0:  # every caption would stay on for ever
         raise ConfigError(f"{origins['events'].get('off_ratio', '?')}: [events] off_ratio = 0 would never end "

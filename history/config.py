@@ -9,20 +9,13 @@ key and the file or flag; the MQTT password comes from
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from daemon.config import ConfigError, _build_section, _check_tls_files, _f, _read_password
+from daemon.config import ConfigError, _build_section, _f, check_broker, read_tables
 from pipeline import params
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = Path("/etc/audiocap/history.toml")
 """Read when it exists and no ``--config`` is given."""
@@ -103,48 +96,14 @@ def load_config(path: str | os.PathLike | None = None,
     Raises:
       ConfigError: one line naming the key and the file or flag.
     """
-    raw: dict[str, Any] = {}
-    label = ""
-    if path is None and DEFAULT_CONFIG_PATH.is_file():
-        path = DEFAULT_CONFIG_PATH
-    if path is not None:
-        label = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{label}: cannot read the configuration file: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{label}: invalid TOML: {exc}") from None
-    for section, value in raw.items():
-        if section not in SECTIONS or not isinstance(value, dict):
-            raise ConfigError(f"{label}: unknown or malformed table [{section}]; known tables: {', '.join(SECTIONS)}")
-    merged = {s: dict(raw.get(s, {})) for s in SECTIONS}
-    origins = {s: {k: label for k in merged[s]} for s in SECTIONS}
-    for (section, key), (value, origin) in (overrides or {}).items():
-        merged[section][key] = value
-        origins[section][key] = origin
+    merged, origins, label = read_tables(path, DEFAULT_CONFIG_PATH, SECTIONS, overrides)
     store: StoreConfig = _build_section(StoreConfig, merged["history"], origins["history"], "history")
     mqtt: BrokerConfig = _build_section(BrokerConfig, merged["mqtt"], origins["mqtt"], "mqtt")
     ho, mo = origins["history"], origins["mqtt"]
     if not store.db:
         raise ConfigError(f"{ho.get('db', label or 'defaults')}: [history] db: no database file given "
                           "(use --db FILE; under systemd it defaults to $STATE_DIRECTORY/history.sqlite3)")
-    if not mqtt.host.strip() or any(ord(c) < 0x20 for c in mqtt.host + mqtt.username + mqtt.client_id):
-        raise ConfigError(f"{mo.get('host', '?')}: [mqtt] host, username or client_id is empty or holds a control "
-                          "character")
     if not mqtt.client_id:
         raise ConfigError(f"{mo.get('client_id', '?')}: [mqtt] client_id must be fixed (a persistent session)")
-    for key in ("prefix", "discovery_prefix"):
-        value = getattr(mqtt, key)
-        if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
-            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: {value!r} is not a valid topic prefix")
-    if bool(mqtt.cert_file) != bool(mqtt.key_file):
-        raise ConfigError(f"{mo.get('cert_file', mo.get('key_file', '?'))}: [mqtt] cert_file and key_file go together")
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(mqtt, key)
-        if value and not os.path.isfile(value):
-            raise ConfigError(f"{mo.get(key, '?')}: [mqtt] {key}: no such file {value}")
-    _check_tls_files(mqtt, mo)  # type: ignore[arg-type]  (reads the same three keys)
-    mqtt = dataclasses.replace(mqtt, password=_read_password(merged["mqtt"], mo.get("password_file", label)))
+    mqtt = check_broker(mqtt, merged["mqtt"], mo, label)
     return HistoryConfig(history=store, mqtt=mqtt, path=label)
