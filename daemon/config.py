@@ -77,6 +77,13 @@ def _default_vggish() -> str:
     return params.DEFAULT_VGGISH_HANDLE
 
 
+def _default_edge_vggish() -> str | None:
+    """The edge file ``scripts/setup`` builds beside the checkpoint, for the litert runtime."""
+    from pipeline.assets import EDGE_VGGISH
+
+    return next((str(d / EDGE_VGGISH) for d in _asset_dirs() if (d / EDGE_VGGISH).is_file()), None)
+
+
 def sanitize_node(name: str) -> str:
     """Makes ``name`` safe as one MQTT topic level and HA object id."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_") or "audiocap"
@@ -124,7 +131,8 @@ class ModelConfig:
     pca: str = _f(factory=_default_pca, doc="The VGGish release's vggish_pca_params.npz "
                                             "(default: where `python -m pipeline.assets pca` puts it).")
     classifier: str = _f("", "Classifier bundle directory; empty = the one shipped with audiocap.")
-    runtime: str = _f("tensorflow", "Inference runtime.", choices=("tensorflow", "litert"))
+    runtime: str = _f("tensorflow", "Inference runtime (litert with no vggish given: vggish_int8.tflite from "
+                                    "scripts/setup).", choices=("tensorflow", "litert"))
     num_threads: int = _f(1, "Inference threads.", lo=1, hi=64)
 
 
@@ -483,6 +491,12 @@ def load_config(
     if ev.off_ratio == 0:  # every caption would stay on for ever
         raise ConfigError(f"{origins['events'].get('off_ratio', '?')}: [events] off_ratio = 0 would never end "
                           "a caption (expected a ratio above 0, at most 1)")
+    model: ModelConfig = built["model"]
+    if model.runtime == "litert" and "vggish" not in origins["model"]:
+        # LiteRT runs only .tflite files: the default is then the edge file, where setup put it.
+        edge = _default_edge_vggish()
+        if edge:
+            built["model"] = model = dataclasses.replace(model, vggish=edge)
     _check_classifier(built["model"], origins["model"])
     _check_class_names(ev, built["model"], origins["events"])
     for cls, off in ev.off_thresholds.items():
