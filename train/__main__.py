@@ -28,11 +28,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default when it has one worth showing (not None, False or an empty string)."""
+    """Shows an option's default when it has one worth showing (not None, a flag's or an empty string)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, "", argparse.SUPPRESS) or "%(default)" in text or not action.option_strings:
+        if (action.default in (None, "", argparse.SUPPRESS) or isinstance(action.default, bool)
+                or "%(default)" in text or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
 
@@ -169,11 +170,37 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--write-tfrecords", metavar="DIR",
                    help="also write the stream as tfrecords, to replay it: audiocapd --source replay:DIR")
 
+    s = sub.add_parser("fit-strong", formatter_class=fmt,
+                       help="fine-tune a bundle's per-second model and calibrate its tracker on strong labels, "
+                            "cross-validated (one JSON object on stdout)")
+    s.add_argument("--model", help="bundle to start from (default: the shipped bundle)")
+    s.add_argument("--strong", required=True, metavar="DIR", help="strong_dev folder")
+    s.add_argument("--data", required=True, nargs="+", help="bal_train tfrecords: weak windows beside the strong")
+    s.add_argument("--out", required=True, help="bundle directory to write")
+    s.add_argument("--version", required=True, help="the new bundle's version")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
+    s.add_argument("--weak-share", type=float, default=2.0, help="weak windows per strong window in each epoch")
+    s.add_argument("--max-false-alarms", type=float, default=None,
+                   help="calibration: cap on the share of captions that are false alarms")
+    s.add_argument("--curated", action="store_true",
+                   help="calibrate on the curated calibration streams too, not on the strong streams alone")
+
     v = sub.add_parser("export-vggish", formatter_class=fmt,
                        help="export VGGish to TFLite (float32, int8) and a SavedModel")
     v.add_argument("--source", required=True, help="VGGish checkpoint, SavedModel dir or TF-Hub handle")
     v.add_argument("--out", required=True, help="output directory")
     v.add_argument("--no-savedmodel", dest="savedmodel", action="store_false")
+    v.add_argument("--quantization", action="append", choices=("float32", "int8", "int8-full"),
+                   help="a file to write (repeat; default: float32 and int8). int8: dynamic range, the edge "
+                        "default; int8-full: full integer, activation ranges from a synthetic set plus --calibration-audio")
+    v.add_argument("--calibration-audio", action="append", default=[], metavar="WAV",
+                   help="recordings like those the box will hear, to calibrate int8-full (repeat)")
+    for p in (ap, *sub.choices.values()):
+        for action in p._actions:  # options without a help text still show their default
+            if (action.help is None and action.option_strings and action.default not in (None, "")
+                    and not isinstance(action.default, bool)):
+                action.help = "default: %(default)s"
     return ap
 
 
@@ -248,14 +275,38 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_strong(args: argparse.Namespace) -> int:
+    from train.strong import fit_strong
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = fit_strong(args.model, args.strong, args.data, args.out, args.version, folds=args.folds,
+                            epochs=args.epochs, weak_share=args.weak_share, max_false_alarms=args.max_false_alarms,
+                            curated=args.curated)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
 def _cmd_export_vggish(args: argparse.Namespace) -> int:
     from pipeline.vggish import export_savedmodel, export_tflite, load_vggish
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_vggish(args.source)
-    for quant in ("float32", "int8"):
-        path = export_tflite(model, out / f"vggish_{'f32' if quant == 'float32' else 'int8'}.tflite", quant)
+    calibration = None
+    if "int8-full" in (args.quantization or ()):
+        import soundfile
+
+        from pipeline import audio, params
+        from pipeline.vggish import calibration_examples
+
+        recordings = []
+        for wav in args.calibration_audio:
+            x, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+            recordings.append(audio.resample(audio.condition(x), rate, params.SAMPLE_RATE))
+        calibration = calibration_examples(tuple(recordings))
+    names = {"float32": "vggish_f32", "int8": "vggish_int8", "int8-full": "vggish_int8_full"}
+    for quant in args.quantization or ("float32", "int8"):
+        path = export_tflite(model, out / f"{names[quant]}.tflite", quant, calibration=calibration)
         _LOGGER.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
         print(path)
     if args.savedmodel:
@@ -284,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "experiments": _cmd_experiments,
         "export-vggish": _cmd_export_vggish,
         "timeline": _cmd_timeline,
+        "fit-strong": _cmd_fit_strong,
     }
     try:
         return handlers[args.command](args)

@@ -447,6 +447,7 @@ def calibrate(
     urgent_max_false_alarms_per_hour: float = URGENT_MAX_FALSE_ALARMS_PER_HOUR,
     allow_off: bool = False, recent_scores: Mapping[int, npt.NDArray] | None = None,
     max_end_delay_p90: float | None = TARGET_END_DELAY_P90,
+    end_delay_on: tuple[npt.NDArray, npt.NDArray] | None = None,
 ) -> dict[str, Any]:
     """Per-class tracker settings that maximise the micro segment F1 of a timeline.
 
@@ -486,6 +487,9 @@ def calibrate(
         cut a talk into many short events a second apart, and a caption that
         spans them "ends late" for all but the last: there the segment
         scores judge the overhang instead.
+      end_delay_on: ``(scores, truth)`` of other streams (the curated ones,
+        whose events are whole sounds) on which the end-delay bound is
+        measured instead, with the same settings.
 
     Returns:
       ``{"on", "off", "min_duration_s", "hold_s", "source"}``, each class ->
@@ -502,6 +506,9 @@ def calibrate(
         if is_urgent:
             sources += [(f"window+recent{ctx}", sc) for ctx, sc in sorted((recent_scores or {}).items())]
         rows = []
+        bound_values = (np.nan_to_num(np.asarray(end_delay_on[0])[:, k].astype(np.float64)).tolist()
+                        if end_delay_on is not None else None)
+        bound_truth = np.asarray(end_delay_on[1]) > 0 if end_delay_on is not None else None
         for source, sc in sources:
             s = np.nan_to_num(sc[:, k].astype(np.float64))
             values = s.tolist()
@@ -517,6 +524,9 @@ def calibrate(
                         for hold_n in GRID_HOLD_EMBEDDINGS:
                             setting = (float(on), float(on * ratio), min_n, hold_n)
                             counts = _class_counts(t[:, k], simulate_tracker(values, *setting))
+                            if bound_values is not None and not is_urgent and source == "seconds":
+                                end90 = _class_counts(bound_truth[:, k], simulate_tracker(bound_values, *setting))[5]
+                                counts = (*counts[:5], end90)
                             rows.append((setting, counts, source))
         if not is_urgent and max_end_delay_p90 is not None:
             # Within the end-delay bound; a class with no such setting keeps those that end soonest.

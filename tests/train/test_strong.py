@@ -99,3 +99,47 @@ def test_shipped_bundle_on_a_natural_strong_stream(tmp_path):
     spread = d["over_folds"]["segment_f1"]
     assert spread["min"] <= d["segment_f1"] <= spread["max"] and spread["sd"] > 0
     assert png.stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_strong_frames_learns_them_and_the_bundle_runs_it(tmp_path):
+    """Two epochs on one fold's strong frames: the per-second AP on those frames rises, and the bundle written
+    with the new model gives the same scores in LiteRT as in Keras."""
+    if not (STRONG / strong.TFRECORD).is_file():
+        pytest.skip(f"no strong-labelled clips at {STRONG}")
+    from pipeline.classifier import load_classifier
+    from pipeline.labels import ClassMap
+    from train.evaluate import average_precisions
+
+    clf = load_classifier(runtime="litert")
+    names = strong.class_names(ClassMap.from_metadata(clf.metadata["classes"]), SHARED / "audioset" /
+                               "class_labels_indices.csv")
+    st = strong.fold_streams(strong.load_strong(STRONG), names)[0]
+    x, y = strong.stream_windows([st])
+    last = params.WINDOW_EMBEDDINGS - 1
+    before = np.nanmean(average_precisions(y[:, last], clf.predict_seconds(x)[:, last]))
+    model = strong.finetune_seconds(clf.path / "seconds.keras", [st], epochs=2)
+    tuned = strong._with_seconds(clf.path, tmp_path / "tuned", model)
+    lite = load_classifier(tuned, runtime="litert")
+    got = lite.predict_seconds(x[:512])
+    assert np.max(np.abs(got - model.predict(x[:512], verbose=0))) < 1e-4
+    after = np.nanmean(average_precisions(y[:, last], lite.predict_seconds(x)[:, last]))
+    assert after > before + 0.02, (before, after)
+
+
+def test_calibration_bounds_the_end_delay_on_other_streams():
+    """A class whose strong truth rewards a lingering caption: the bound, measured on streams where the sound
+    really stops earlier, keeps the calibration from lingering there."""
+    from train.timeline import calibrate
+
+    n, period = 600, 30
+    scores = np.full((n, 1), 0.1)
+    strong_truth = np.zeros((n, 1), np.uint8)
+    curated_truth = np.zeros((n, 1), np.uint8)
+    for a in range(0, n - period, period):
+        scores[a:a + 10], scores[a + 10:a + 15] = 0.9, 0.5  # a sound, then 5 s that score half
+        strong_truth[a:a + 15] = 1  # the strong truth hears all 15 s
+        curated_truth[a:a + 10] = 1  # on the other streams the sound stops after 10
+    free = calibrate(scores, strong_truth, ["X"], max_end_delay_p90=None)
+    bound = calibrate(scores, strong_truth, ["X"], end_delay_on=(scores, curated_truth))
+    assert free["on"]["X"] <= 0.5 < bound["on"]["X"]
