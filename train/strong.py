@@ -628,6 +628,15 @@ def finetune_seconds(
     return model
 
 
+def _without_optimizer(model: Any) -> Any:
+    """The same network and weights, uncompiled (a compiled model saves its optimizer's state too: 3 x the size)."""
+    import keras
+
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
 def _with_seconds(src: Path, dst: Path, model: Any) -> Path:
     """A copy of bundle ``src`` at ``dst`` whose per-second model is ``model`` (Keras and TFLite, parity checked)."""
     import shutil
@@ -638,7 +647,7 @@ def _with_seconds(src: Path, dst: Path, model: Any) -> Path:
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     to_tflite(model, dst / SECONDS_TFLITE_NAME)
-    model.save(dst / SECONDS_KERAS_NAME)
+    _without_optimizer(model).save(dst / SECONDS_KERAS_NAME)
     x = np.random.default_rng(0).integers(0, 256, (64, params.WINDOW_EMBEDDINGS, params.EMBEDDING_SIZE), np.uint8)
     check_parity(model, dst / SECONDS_TFLITE_NAME, x)
     return dst
