@@ -393,6 +393,29 @@ def fold_summary(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def figures_over_folds(streams: Sequence[StrongStream], captions: Sequence[Sequence[Any]],
+                       scores: Sequence[npt.NDArray], classes: Sequence[str], psds: bool = True) -> dict[str, Any]:
+    """One caption set per fold stream: the pooled figures, each fold's (``folds``) and ``over_folds``."""
+    per_fold = [score_streams([st], [c], [s], classes, psds) for st, c, s in zip(streams, captions, scores)]
+    return {**score_streams(streams, captions, scores, classes, psds), "folds": per_fold,
+            "over_folds": fold_summary(per_fold)}
+
+
+def bundle_streams(clf: Any, strong_dir: str | os.PathLike, folds: int = FOLDS,
+                   seed: int = STREAM_SEED) -> tuple[StrongSet, list[frozenset[str]], list[StrongStream]]:
+    """The strong clips, the display names each class of a loaded bundle covers, and the fold streams."""
+    from pipeline.labels import ClassMap, find_audioset_metadata
+
+    class_map = ClassMap.from_metadata(clf.metadata["classes"])
+    try:
+        labels_csv: Path | None = find_audioset_metadata(strong_dir)[0]
+    except Exception:  # noqa: BLE001 - the class and ontology names alone still map the ancestors
+        labels_csv = None
+    strong = load_strong(strong_dir)
+    names = class_names(class_map, labels_csv)
+    return strong, names, fold_streams(strong, names, folds, seed)
+
+
 # --- the evaluation -------------------------------------------------------------------
 
 def tracker_from_settings(classifier: Any, settings: Mapping[str, Any], lookahead: int) -> Any:
@@ -435,9 +458,10 @@ def calibrate_on(clf: Any, streams: Sequence[StrongStream], scores: Sequence[dic
     cat = lambda key: np.concatenate([s[key] for s in scores]) if key in scores[0] else None  # noqa: E731
     recent = ({k: np.concatenate([s["recent"][k] for s in scores]) for k in RECENT_CONTEXTS}
               if "recent" in scores[0] else None)
+    # No end-delay bound: strong events a second apart make it meaningless (fit-strong holds it on curated streams).
     return calibrate(cat("seconds"), truth, classes, max_false_alarms, urgent=[c for c in classes if clf.urgent.get(c)],
                      window_scores=cat("window"), urgent_max_false_alarms_per_hour=urgent_max_false_alarms_per_hour,
-                     recent_scores=recent)
+                     recent_scores=recent, max_end_delay_p90=None)
 
 
 def evaluate_strong(
@@ -472,7 +496,6 @@ def evaluate_strong(
     """
     from pipeline.classifier import load_classifier
     from pipeline.events import make_tracker
-    from pipeline.labels import ClassMap, find_audioset_metadata
     from train import scenes
     from train.timeline import URGENT_MAX_FALSE_ALARMS_PER_HOUR, plot_timeline, run_chain, write_tracker
 
@@ -480,14 +503,7 @@ def evaluate_strong(
         else urgent_max_false_alarms_per_hour
     clf = load_classifier(model_dir, runtime=runtime)
     classes = tuple(clf.classes)
-    class_map = ClassMap.from_metadata(clf.metadata["classes"])
-    try:
-        labels_csv: Path | None = find_audioset_metadata(strong_dir)[0]
-    except Exception:  # noqa: BLE001 - the class names alone still map the ancestors
-        labels_csv = None
-    names = class_names(class_map, labels_csv)
-    strong = load_strong(strong_dir)
-    streams = fold_streams(strong, names, folds, seed)
+    strong, names, streams = bundle_streams(clf, strong_dir, folds, seed)
     result: dict[str, Any] = {
         "model": f"{clf.name}@{clf.version}", "bundle": str(clf.path), "runtime": clf.runtime,
         "stream": {"source": str(strong_dir), "clips": len(strong), "folds": folds, "seed": seed,
@@ -505,10 +521,7 @@ def evaluate_strong(
             c, s = run_chain(clf, tracker_of(f), st)
             caps.append(c)
             scs.append(s)
-        per_fold = [score_streams([st], [c], [s], classes, psds) for st, c, s in zip(streams, caps, scs)]
-        figures = {**score_streams(streams, caps, scs, classes, psds), "folds": per_fold,
-                   "over_folds": fold_summary(per_fold)}
-        return caps, scs, figures
+        return caps, scs, figures_over_folds(streams, caps, scs, classes, psds)
 
     tracker = make_tracker(clf)
     caps0, scs0, result["daemon"] = run_all(lambda f: tracker)
@@ -540,7 +553,6 @@ def evaluate_strong(
                               f"({folds} folds by video_id, each played in a seeded random order; truth: the strong "
                               "labels on the 0.96-s grid): best micro segment F1"
                               + ("" if max_false_alarms is None else f" with false alarms <= {max_false_alarms:.0%}")
-                              + ", end delay p90 <= 3 s per class"
                               + (f"; urgent classes at most {urgent_cap:g} false alarms per hour" if any(
                                   clf.urgent.get(c) for c in classes) else "")),
             "timeline": {"calibration": {**settings["timeline"], "per_class": settings["per_class"]},
@@ -711,7 +723,7 @@ def fit_strong(
     from pipeline.captions import write_atomic
     from pipeline.classifier import METADATA_NAME, load_classifier
     from pipeline.events import make_tracker
-    from pipeline.labels import ClassMap, find_audioset_metadata
+    from pipeline.labels import ClassMap
     from train import data as data_mod
     from train.timeline import calibrate, collect_scores, run_chain, write_tracker
 
@@ -722,11 +734,7 @@ def fit_strong(
         raise ValueError(f"{clf.path} has no per-second Keras model (seconds.keras) to fine-tune")
     classes = tuple(clf.classes)
     class_map = ClassMap.from_metadata(clf.metadata["classes"])
-    try:
-        labels_csv: Path | None = find_audioset_metadata(strong_dir)[0]
-    except Exception:  # noqa: BLE001
-        labels_csv = None
-    streams = fold_streams(load_strong(strong_dir), class_names(class_map, labels_csv), folds, seed)
+    _, _, streams = bundle_streams(clf, strong_dir, folds, seed)
     clips, _ = data_mod.load_clips(data, short="pad")
     train_idx, _ = data_mod.grouped_split(clips.video_id, float(clf.metadata.get("training", {}).get(
         "hyperparameters", {}).get("val_fraction", 0.2)))
@@ -758,9 +766,7 @@ def fit_strong(
                          max_end_delay_p90=TARGET_END_DELAY_P90, end_delay_on=bound)
 
     def figures(caps: list, scs: list) -> dict[str, Any]:
-        per_fold = [score_streams([st], [c], [s], classes, psds) for st, c, s in zip(streams, caps, scs)]
-        return {**score_streams(streams, caps, scs, classes, psds), "folds": per_fold,
-                "over_folds": fold_summary(per_fold)}
+        return figures_over_folds(streams, caps, scs, classes, psds)
 
     result: dict[str, Any] = {
         "model": f"{clf.name}@{clf.version}", "folds": folds,
