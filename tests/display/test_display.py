@@ -176,8 +176,14 @@ def test_ended_captions_fill_the_history_and_the_display_account_cannot_publish(
         lambda: (lambda got: got if len(got) >= len(ends) else None)(dh.dom(browser, "[data-history-entry]")),
         15, what=f"{len(ends)} history entries")
     _check_history(browser, observer)
-    # Newest first, each once (QoS 1 may deliver twice; the page shows it once).
-    want = list(dict.fromkeys(e["event_id"] for e in ends))[::-1]
+    # Newest start first, each once (QoS 1 may deliver twice; the page shows it once);
+    # captions that started together are listed latest-ended first.
+    first = {}
+    for e in ends:
+        first.setdefault(e["event_id"], e)
+    arrived_last_first = list(first.values())[::-1]
+    want = [e["event_id"] for e in sorted(
+        arrived_last_first, key=lambda e: datetime.fromisoformat(e["start"].replace("Z", "+00:00")), reverse=True)]
     assert [e["event-id"] for e in entries] == want
     assert not dh.dom(browser, "[data-active-caption]")
     assert dh.dom(browser, "[data-node-status][data-node=attic]")[0]["state"] == "offline"
