@@ -73,15 +73,23 @@ def native_stderr() -> Iterator[None]:
 _tensorflow: Any = None
 
 
-def import_tensorflow() -> Any:
+def import_tensorflow(start_runtime: bool = True) -> Any:
     """Imports TensorFlow (and lets it look for devices) without its chatter;
-    returns the module. Its Python loggers keep only errors unless debugging."""
+    returns the module. Its Python loggers keep only errors unless debugging.
+
+    ``start_runtime=False`` scans the devices (cuInit's line) but leaves the
+    eager runtime unstarted, for a caller that must configure it first:
+    ``MultiWorkerMirroredStrategy`` sets up collective ops, which TensorFlow
+    accepts only before its runtime starts. That caller starts it inside
+    :func:`native_stderr` (the CPU feature line is printed then)."""
     global _tensorflow
     if _tensorflow is None:
         with native_stderr():
             import tensorflow as tf
 
-            tf.config.list_logical_devices("CPU")  # the device scan prints (cuInit) once
+            tf.config.list_physical_devices("CPU")  # the device scan prints (cuInit) once
+            if start_runtime:
+                tf.config.list_logical_devices("CPU")  # starts the runtime (its CPU feature line)
         if not debugging():
             for name in ("tensorflow", "absl"):
                 logging.getLogger(name).setLevel(logging.ERROR)

@@ -327,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from pipeline.quiet import import_tensorflow
 
-    import_tensorflow()  # every command needs it; imported here without its native chatter
+    # Every command needs it; imported here without its native chatter. A
+    # multi-worker fit configures the runtime before starting it (collective ops).
+    import_tensorflow(start_runtime=getattr(args, "strategy", "none") != "multiworker")
     handlers = {
         "fit": _cmd_fit,
         "evaluate": _cmd_evaluate,

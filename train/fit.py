@@ -312,7 +312,10 @@ def _strategy(name: str) -> Any:
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker needs TF_CONFIG (the cluster and this task's index)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        from pipeline.quiet import native_stderr
+
+        with native_stderr():  # it starts TensorFlow's runtime (audiocap-train left it unstarted)
+            return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
