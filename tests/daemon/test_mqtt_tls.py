@@ -36,14 +36,21 @@ def pki(tmp_path):
     return d
 
 
-def test_tls_with_client_certificate(pki, tmp_path, caplog):
+def tls_broker(pki, tmp_path, client_certificate: bool) -> dhelpers.Mosquitto:
+    """A started Mosquitto whose listener speaks TLS with the pki's server
+    certificate; with ``client_certificate`` clients must present one of its CA's."""
     workdir = tmp_path / "broker"
     workdir.mkdir()
     broker = dhelpers.Mosquitto(workdir)
     broker.conf.write_text(broker.conf.read_text() + (
         f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
-        "require_certificate true\n"))
+        + ("require_certificate true\n" if client_certificate else "")))
     broker.start()
+    return broker
+
+
+def test_tls_with_client_certificate(pki, tmp_path, caplog):
+    broker = tls_broker(pki, tmp_path, client_certificate=True)
     ctx = SinkContext("tls", "file:x.wav", "m@1", ("Speech", "Animal", "Music", "Vehicle"), {})
     base = dict(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(pki / "ca.crt"),
                 reconnect_min_s=1, reconnect_max_s=1)
@@ -64,12 +71,7 @@ def test_tls_with_client_certificate(pki, tmp_path, caplog):
 
 
 def test_tls_failure_is_logged_with_its_reason(pki, tmp_path, caplog):
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    broker = dhelpers.Mosquitto(workdir)
-    broker.conf.write_text(broker.conf.read_text() + (
-        f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"))
-    broker.start()
+    broker = tls_broker(pki, tmp_path, client_certificate=False)
     ctx = SinkContext("tlsbad", "file:x.wav", "m@1", ("Speech", "Animal", "Music", "Vehicle"), {})
     # The client trusts another CA (its own certificate): the server's cannot be verified.
     sink = MqttSink(MqttConfig(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(pki / "client.crt"),

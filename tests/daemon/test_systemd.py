@@ -22,20 +22,25 @@ def analyze():
     return "systemd-analyze"
 
 
-def test_unit_verifies_without_warnings(analyze, tmp_path):
-    # verify checks that ExecStart exists, so install the unit into a root where
-    # it does, next to the distribution's own units (sysinit.target & co).
+def verify_in_root(analyze: str, unit: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``systemd-analyze verify`` of ``unit`` installed in a root beside the
+    distribution's own units (sysinit.target & co), with an executable at each
+    Exec path (verify checks that ExecStart exists)."""
     root = tmp_path / "root"
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    for path in re.findall(r"^Exec\w+=(\S+)", UNIT.read_text(), re.M):  # ExecStart, ExecReload's kill
+    for path in re.findall(r"^Exec\w+=(\S+)", unit.read_text(), re.M):  # ExecStart, ExecReload's kill
         exe = root / path.lstrip("/")
         exe.parent.mkdir(parents=True, exist_ok=True)
         exe.write_text("#!/bin/sh\n")
         exe.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    r = subprocess.run([analyze, "verify", f"--root={root}", UNIT.name], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=60)
+    shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    return subprocess.run([analyze, "verify", f"--root={root}", unit.name], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+
+
+def test_unit_verifies_without_warnings(analyze, tmp_path):
+    r = verify_in_root(analyze, UNIT, tmp_path)
     # verify exits 0 on warnings: any output on stderr is a failure.
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
     # And the unit as shipped, outside a root: the only complaint allowed is the

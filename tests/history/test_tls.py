@@ -8,18 +8,11 @@ import subprocess
 import time
 
 import hhelpers as hh
-from hhelpers import dhelpers
-from test_mqtt_tls import pki  # noqa: F401  (fixture: a CA, a server and a client certificate)
+from test_mqtt_tls import pki, tls_broker  # noqa: F401  (fixture: a CA, a server and a client certificate)
 
 
 def test_history_over_tls_with_a_client_certificate(pki, tmp_path):  # noqa: F811
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    broker = dhelpers.Mosquitto(workdir)
-    broker.conf.write_text(broker.conf.read_text() + (
-        f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
-        "require_certificate true\n"))
-    broker.start()
+    broker = tls_broker(pki, tmp_path, client_certificate=True)
     conf = tmp_path / "history.toml"
     conf.write_text(f'[mqtt]\ntls = true\nca_file = "{pki / "ca.crt"}"\ncert_file = "{pki / "client.crt"}"\n'
                     f'key_file = "{pki / "client.key"}"\n')

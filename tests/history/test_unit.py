@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -11,23 +10,13 @@ import sys
 import time
 
 import hhelpers as hh
-from test_systemd import SYSTEM_UNITS, analyze  # noqa: F401  (the daemon unit tests' fixture)
+from test_systemd import analyze, verify_in_root  # noqa: F401  (the daemon unit tests' fixture)
 
 UNIT = hh.REPO / "systemd" / "audiocap-history.service"
 
 
-def test_unit_verifies_and_is_hardened(analyze, tmp_path):
-    root = tmp_path / "root"
-    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    for path in re.findall(r"^Exec\w+=(\S+)", UNIT.read_text(), re.M):
-        exe = root / path.lstrip("/")
-        exe.parent.mkdir(parents=True, exist_ok=True)
-        exe.write_text("#!/bin/sh\n")
-        exe.chmod(0o755)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    r = subprocess.run([analyze, "verify", f"--root={root}", UNIT.name], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=60)
+def test_unit_verifies_and_is_hardened(analyze, tmp_path):  # noqa: F811
+    r = verify_in_root(analyze, UNIT, tmp_path)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
     probe = subprocess.run([analyze, "security", "--help"], capture_output=True, text=True)
     if "--offline" in probe.stdout:
