@@ -730,10 +730,12 @@ def finetune_seconds(
 
 
 def _without_optimizer(model: Any) -> Any:
-    """The same network and weights, uncompiled (a compiled model saves its optimizer's state too: 3 x the size)."""
-    import keras
+    """The same network and weights, uncompiled (a compiled model saves its optimizer's state too: 3 x the size).
 
-    plain = keras.models.clone_model(model)
+    Built from the model's config: ``keras.models.clone_model`` compiles the clone of a compiled model again, so
+    its optimizer state was saved as well (0.6's first seconds.keras: 1.5 MB instead of 0.54 MB).
+    """
+    plain = model.__class__.from_config(model.get_config())
     plain.set_weights(model.get_weights())
     return plain
 
