@@ -162,7 +162,7 @@ def test_per_class_keys_follow_the_classes_of_the_chosen_bundle(tmp_path):
     p = _write(tmp_path, '[events]\ncaptions = { Alarm = "[Fire alarm]" }\n')
     with pytest.raises(ConfigError) as info:
         load_config(p)
-    assert "[events] captions.Alarm: unknown class (the classifier audiocap-4class@0.5 has Speech, Animal, Music, " \
+    assert "[events] captions.Alarm: unknown class (the classifier audiocap-4class@0.6 has Speech, Animal, Music, " \
            "Vehicle)" in str(info.value) and str(p) in str(info.value)
 
 
