@@ -41,6 +41,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     from train import fit as fit_mod
     from train import models
+    from train import strong
     from train.timeline import URGENT_MAX_FALSE_ALARMS_PER_HOUR
 
     fmt = _HelpFormatter
@@ -180,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--version", required=True, help="the new bundle's version")
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
-    s.add_argument("--weak-share", type=float, default=2.0, help="weak windows per strong window in each epoch")
+    s.add_argument("--weak-share", type=float, default=strong.FINETUNE_WEAK_SHARE,
+                   help="weak windows per strong window in each epoch")
     s.add_argument("--max-false-alarms", type=float, default=None,
                    help="calibration: cap on the share of captions that are false alarms")
     s.add_argument("--curated", action="store_true",
