@@ -553,6 +553,19 @@ def calibrate_on(clf: Any, streams: Sequence[StrongStream], scores: Sequence[dic
                      recent_scores=recent, max_end_delay_p90=None)
 
 
+def learned_from(metadata: Mapping[str, Any], strong_dir: str | os.PathLike) -> list[str]:
+    """What of a bundle was fitted on the strong clips of ``strong_dir`` (by its folder name in the
+    bundle's metadata): its per-second model, its tracker, neither."""
+    name = Path(strong_dir).resolve().name
+    out = []
+    tuned = (metadata.get("seconds") or {}).get("strong_finetune") or {}
+    if name in str(tuned.get("trained_on", "")):
+        out.append("its per-second model was fine-tuned on them")
+    if name in str((metadata.get("tracker") or {}).get("calibrated_on", "")):
+        out.append("its tracker was calibrated on them")
+    return out
+
+
 def evaluate_strong(
     model_dir: str | os.PathLike | None,
     strong_dir: str | os.PathLike,
@@ -612,6 +625,20 @@ def evaluate_strong(
             scs.append(s)
         return caps, scs, figures_over_folds(streams, caps, scs, classes, psds)
 
+    learned = learned_from(clf.metadata, strong_dir)
+    if learned:
+        cv = ((clf.metadata.get("tracker") or {}).get("timeline") or {}).get("strong_cross_validated") or {}
+        result["in_sample"] = {
+            "learned": learned,
+            "note": "these clips are not held out: the figures say what the bundle learned, not how it does on "
+                    "sounds it has not heard; its cross-validated figures are under cross_validated",
+            "cross_validated": {k: cv[k] for k in SUMMARY_KEYS if k in cv} | (
+                {"psds": cv["psds"]} if cv.get("psds") is not None else {}),
+        }
+        _LOGGER.warning("%s is not held out for %s@%s (%s): these figures are in-sample; its cross-validated "
+                        "ones: segment F1 %s, error rate %s (metadata.json tracker.timeline.strong_cross_validated)",
+                        Path(strong_dir).name, clf.name, clf.version, " and ".join(learned), cv.get("segment_f1", "?"),
+                        cv.get("segment_error_rate", "?"))
     tracker = make_tracker(clf)
     caps0, scs0, result["daemon"] = run_all(lambda f: tracker)
     result["daemon"]["tracker"] = "the bundle's: " + str((clf.metadata.get("tracker") or {}).get(

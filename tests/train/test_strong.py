@@ -121,6 +121,13 @@ def test_shipped_bundle_on_a_natural_strong_stream(tmp_path):
     spread = d["over_folds"]["segment_f1"]
     assert spread["min"] <= d["segment_f1"] <= spread["max"] and spread["sd"] > 0
     assert png.stat().st_size > 20_000
+    # The shipped bundle learned these clips (fit-strong): the output says so, with its
+    # cross-validated figures, which are lower.
+    assert r["in_sample"]["learned"] == ["its per-second model was fine-tuned on them",
+                                         "its tracker was calibrated on them"]
+    assert "in-sample" in proc.stderr
+    assert r["in_sample"]["cross_validated"]["segment_f1"] < d["segment_f1"]
+    assert strong.learned_from({"tracker": {"calibrated_on": "curated streams of bal_train"}}, STRONG) == []
 
 
 @pytest.mark.slow
