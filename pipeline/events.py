@@ -16,17 +16,7 @@ Each scored window ``i`` is reported at the time span of its newest embedding,
 
 With min duration 1 s and hold 2 s (the window-scoring defaults, embeddings
 every 0.96 s) a caption needs two consecutive windows to start and three quiet
-ones to end.
-
-Scores rise after a sound has begun and fall after it has stopped (the
-per-second model hears a rolling window), so a class may carry an
-**onset lead** and an **offset lead** (seconds, default 0): a published
-``start`` is the candidate start minus the onset lead, but never before the
-end of the class's previous caption nor before the first embedding of the
-stream; an ``end`` reached through the hold is the first low embedding's start
-minus the offset lead, but never less than one embedding after the candidate
-start. Edges are published when they are today (a start or end in the past is
-allowed: a start is back-dated to its candidate already). Times are floats, seconds since the Unix epoch, UTC, from the
+ones to end. Times are floats, seconds since the Unix epoch, UTC, from the
 audio clock.
 
 The tracker also says which scores it was tuned for (``scoring``: the 10-s
@@ -110,14 +100,10 @@ class _ClassState:
     min_duration: float
     hold: float
     urgent: bool = False
-    onset_lead: float = 0.0
-    offset_lead: float = 0.0
-    last_end: float = -math.inf  # end of the class's previous caption in this stream
     level: float | None = None  # loudest level of the pending or open event
     candidate: float | None = None  # start of a pending event
     event_id: str | None = None  # set while active
     start: float = 0.0
-    raw_start: float = 0.0  # the candidate start, before the onset lead
     peak: float = 0.0
     below_since: float | None = None
 
@@ -152,12 +138,6 @@ class EventTracker:
         of the window's score and the window model's score of the window's
         last ``k`` embeddings alone (repeated to fill 10). A sound that has
         just begun fills those ``k`` seconds before it fills the window.
-      onset_lead: seconds a published ``start`` is moved earlier than the
-        candidate start (one value, or class -> value; default 0), never
-        before the class's previous caption ended nor before the stream began.
-      offset_lead: seconds an ``end`` reached through the hold is moved
-        earlier than the first low embedding (likewise), never to less than
-        one embedding after the candidate start.
 
     Raises:
       ValueError: for a threshold outside [0, 1], off above on, negative times,
@@ -176,10 +156,7 @@ class EventTracker:
     urgent: Mapping[str, bool] | None = None
     window_classes: Sequence[str] = ()
     recent_context: Mapping[str, int] | None = None
-    onset_lead: float | Mapping[str, float] = 0.0
-    offset_lead: float | Mapping[str, float] = 0.0
     _states: dict[str, _ClassState] = field(init=False, repr=False)
-    _stream_start: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -189,16 +166,11 @@ class EventTracker:
             raise ValueError(f"lookahead must be 0 to {params.WINDOW_EMBEDDINGS - 1} embeddings; got {self.lookahead}")
         mins = _per_class(self.min_duration, self.classes, params.EVENT_MIN_DURATION_SECONDS)
         holds = _per_class(self.hold, self.classes, params.EVENT_HOLD_SECONDS)
-        leads = {k: _per_class(v, self.classes, 0.0) for k, v in (("onset_lead", self.onset_lead),
-                                                                  ("offset_lead", self.offset_lead))}
         for name in self.classes:
             if not (mins[name] >= 0 and holds[name] >= 0):
                 raise ValueError(
                     f"class {name!r}: min_duration and hold must be >= 0 seconds; got {mins[name]} and {holds[name]}"
                 )
-            for key, values in leads.items():
-                if not (math.isfinite(values[name]) and values[name] >= 0):
-                    raise ValueError(f"class {name!r}: {key} must be >= 0 seconds; got {values[name]}")
         offs = dict(self.off_thresholds or {})
         caps = dict(self.captions or {})
         urgent = dict(self.urgent or {})
@@ -232,9 +204,7 @@ class EventTracker:
                 )
             caption = caps.get(name) or DEFAULT_CAPTIONS.get(name) or f"[{name}]"
             self._states[name] = _ClassState(on=on, off=off, caption=caption, min_duration=mins[name],
-                                             hold=holds[name], urgent=bool(urgent.get(name, False)),
-                                             onset_lead=leads["onset_lead"][name],
-                                             offset_lead=leads["offset_lead"][name])
+                                             hold=holds[name], urgent=bool(urgent.get(name, False)))
 
     @property
     def active(self) -> dict[str, bool]:
@@ -256,10 +226,6 @@ class EventTracker:
     def timings(self) -> dict[str, tuple[float, float]]:
         """Class -> ``(min_duration, hold)`` in effect, seconds."""
         return {name: (st.min_duration, st.hold) for name, st in self._states.items()}
-
-    def leads(self) -> dict[str, tuple[float, float]]:
-        """Class -> ``(onset_lead, offset_lead)`` in effect, seconds."""
-        return {name: (st.onset_lead, st.offset_lead) for name, st in self._states.items()}
 
     def update(
         self,
@@ -285,8 +251,6 @@ class EventTracker:
         s = np.asarray(scores, dtype=np.float64).reshape(-1)
         if s.shape[0] != len(self.classes):
             raise ValueError(f"expected {len(self.classes)} scores; got {s.shape[0]}")
-        if self._stream_start is None:
-            self._stream_start = t_start
         out: list[CaptionEvent] = []
         for name, score in zip(self.classes, s):
             score = 0.0 if math.isnan(score) else float(score)
@@ -302,11 +266,7 @@ class EventTracker:
                     st.candidate, st.level = None, None
             if st.event_id is None and st.candidate is not None:
                 if t_end - st.candidate >= st.min_duration - _EPS:
-                    start = st.candidate
-                    if st.onset_lead > 0:
-                        start = max(start - st.onset_lead, st.last_end, self._stream_start)
-                    st.event_id, st.start, st.raw_start = self.new_id(), start, st.candidate
-                    st.candidate, st.below_since = None, None
+                    st.event_id, st.start, st.candidate, st.below_since = self.new_id(), st.candidate, None, None
                     out.append(CaptionEvent(st.event_id, "start", name, st.caption, st.peak, st.start, None, origin,
                                             st.urgent, st.level))
                 continue
@@ -319,7 +279,7 @@ class EventTracker:
                     if st.below_since is None:
                         st.below_since = t_start
                     if t_end - st.below_since >= st.hold - _EPS:
-                        out.append(self._close(name, st.below_since, origin, lead=True))
+                        out.append(self._close(name, st.below_since, origin))
         return out
 
     def finish(self, t: float, origin: float = 0.0) -> list[CaptionEvent]:
@@ -337,20 +297,13 @@ class EventTracker:
         for name, st in self._states.items():
             st.candidate = None
             if st.event_id is not None:
-                out.append(self._close(name, st.below_since if st.below_since is not None else t, origin,
-                                       lead=st.below_since is not None))
-            st.last_end = -math.inf
-        self._stream_start = None
+                out.append(self._close(name, st.below_since if st.below_since is not None else t, origin))
         return out
 
-    def _close(self, name: str, end: float, origin: float, lead: bool = False) -> CaptionEvent:
+    def _close(self, name: str, end: float, origin: float) -> CaptionEvent:
         st = self._states[name]
-        if lead and st.offset_lead > 0:
-            end = max(end - st.offset_lead, st.raw_start + params.EMBEDDING_SECONDS)
-        end = max(end, st.start)
-        ev = CaptionEvent(st.event_id or "", "end", name, st.caption, st.peak, st.start, end, origin,
+        ev = CaptionEvent(st.event_id or "", "end", name, st.caption, st.peak, st.start, max(end, st.start), origin,
                           st.urgent, st.level)
-        st.last_end = end
         st.event_id, st.below_since, st.candidate, st.peak, st.level = None, None, None, 0.0, None
         return ev
 
@@ -379,8 +332,6 @@ def make_tracker(
     captions: Mapping[str, str] | None = None,
     window_classes: Sequence[str] | None = None,
     recent_context: Mapping[str, int] | None = None,
-    onset_lead_s: float | Mapping[str, float] | None = None,
-    offset_lead_s: float | Mapping[str, float] | None = None,
 ) -> EventTracker:
     """The event tracker for a loaded classifier bundle, with optional overrides.
 
@@ -404,9 +355,6 @@ def make_tracker(
         model instead (default: the calibrated tracker's ``window_classes``).
       recent_context: window class -> embeddings of recent context (default:
         the calibrated tracker's, for the window classes chosen).
-      onset_lead_s, offset_lead_s: seconds, for every class or per class
-        (default: the calibrated tracker's ``onset_lead_s`` / ``offset_lead_s``,
-        else 0).
 
     Raises:
       ValueError: per-second scoring asked of a bundle without a per-second
@@ -458,10 +406,7 @@ def make_tracker(
         # Values as the bundle has them: the tracker checks them and names a bad one.
         recent_context = {c: k for c, k in dict(calibrated.get("recent_context") or {}).items()
                           if c in window_classes}
-    leads = [given if given is not None else dict(calibrated.get(key) or {}) or 0.0
-             for given, key in ((onset_lead_s, "onset_lead_s"), (offset_lead_s, "offset_lead_s"))]
     return EventTracker(classes, on, off, texts, min_duration, hold, scoring=scoring,
                         lookahead=lookahead if per_second else 0, urgent=urgent,
                         window_classes=tuple(window_classes) if per_second else (),
-                        recent_context=dict(recent_context) if per_second else {},
-                        onset_lead=leads[0], offset_lead=leads[1])
+                        recent_context=dict(recent_context) if per_second else {})

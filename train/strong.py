@@ -416,93 +416,6 @@ def bundle_streams(clf: Any, strong_dir: str | os.PathLike, folds: int = FOLDS,
     return strong, names, fold_streams(strong, names, folds, seed)
 
 
-# --- onset and offset leads ----------------------------------------------------------
-
-LEAD_GRID_S = (0.0, 0.48, 0.96, 1.44)
-"""Onset leads tried per class (seconds; :class:`pipeline.events.EventTracker`'s ``onset_lead``)."""
-OFFSET_LEAD_GRID_S = (0.0, 0.48, 0.96)
-"""Offset leads tried per class (``offset_lead``)."""
-
-
-def lead_captions(caps: Sequence[tuple[int, int]], n: int, onset_lead: float, offset_lead: float,
-                  cls: int = 0) -> list[Any]:
-    """One class's captions of :func:`train.timeline.simulate_tracker` moved as the tracker's leads move them.
-
-    The same rules as :class:`pipeline.events.EventTracker` (tested to agree): a start moves back by
-    ``onset_lead`` but not before the previous caption's end nor the stream's start; an end reached through the
-    hold (one before the stream's end, ``n``) moves back by ``offset_lead`` but stays at least one embedding after
-    the candidate start.
-
-    Returns:
-      :class:`train.timeline.Caption` on the embedding grid (fractional where a lead is not whole embeddings).
-    """
-    from train.timeline import Caption
-
-    on_n, off_n = onset_lead / STEP, offset_lead / STEP
-    out, last_end = [], 0.0
-    for a, b in caps:
-        start = max(a - on_n, last_end, 0.0) if on_n > 0 else float(a)
-        end = float(b)
-        if off_n > 0 and b < n:
-            end = max(b - off_n, a + 1.0)
-        end = max(end, start)
-        out.append(Caption(cls, start, end))
-        last_end = end
-    return out
-
-
-def tracker_captions(scores: npt.NDArray, settings: Mapping[str, Any], classes: Sequence[str],
-                     onset_lead: Mapping[str, float] | None = None,
-                     offset_lead: Mapping[str, float] | None = None) -> list[Any]:
-    """The captions the tracker of a calibration's settings gives per-second scores ``[T, C]`` (with leads)."""
-    from train.timeline import simulate_tracker
-
-    s = np.nan_to_num(np.asarray(scores, np.float64))
-    out: list[Any] = []
-    for k, name in enumerate(classes):
-        caps = simulate_tracker(s[:, k].tolist(), float(settings["on"][name]), float(settings["off"][name]),
-                                int(round(float(settings["min_duration_s"][name]) / STEP)),
-                                int(round(float(settings["hold_s"][name]) / STEP)))
-        out += lead_captions(caps, len(s), float((onset_lead or {}).get(name, 0.0)),
-                             float((offset_lead or {}).get(name, 0.0)), k)
-    return out
-
-
-def calibrate_leads(streams: Sequence[StrongStream], scores: Sequence[npt.NDArray], settings: Mapping[str, Any],
-                    classes: Sequence[str], onset_grid: Sequence[float] = LEAD_GRID_S,
-                    offset_grid: Sequence[float] = OFFSET_LEAD_GRID_S) -> dict[str, Any]:
-    """Per class, the onset and offset leads that fit these streams' strong truth best with these tracker settings.
-
-    The tracker's other settings stay as they are. Each pair of leads of the grids is scored with ``sed_eval``
-    on the streams pooled; every class takes the pair with the best sum of its segment F1 (1-s segments) and its
-    event onset F1 (1-s collar) — the two figures a lead moves — ties to the smaller leads.
-
-    Returns:
-      ``{"onset_lead_s": class -> s, "offset_lead_s": class -> s, "lead_fit": class -> figures of each pair}``.
-    """
-    import itertools
-
-    fits: dict[str, dict[str, Any]] = {c: {} for c in classes}
-    for on_l, off_l in itertools.product(onset_grid, offset_grid):
-        lead_on, lead_off = {c: on_l for c in classes}, {c: off_l for c in classes}
-        sed = SedScores(classes)
-        for st, sc in zip(streams, scores):
-            sed.add(st, tracker_captions(sc, settings, classes, lead_on, lead_off))
-        res = sed.results()["per_class"]
-        for c in classes:
-            fits[c][(on_l, off_l)] = (res[c]["segment_f1"] or 0.0, res[c]["event_onset_f1"] or 0.0)
-    out: dict[str, Any] = {"onset_lead_s": {}, "offset_lead_s": {}, "lead_fit": {}}
-    for c in classes:
-        # max() keeps the first of equals: the grids run from the smallest lead.
-        best = max(fits[c], key=lambda key: round(sum(fits[c][key]), 4))
-        out["onset_lead_s"][c], out["offset_lead_s"][c] = best
-        out["lead_fit"][c] = {f"{a:g}/{b:g}": {"segment_f1": v[0], "event_onset_f1": v[1]}
-                              for (a, b), v in fits[c].items()}
-        _LOGGER.info("lead of %s: onset %.2f s, offset %.2f s -> segment F1 %.4f, onset F1 %.4f (no leads: %.4f, "
-                     "%.4f)", c, *best, *fits[c][best], *fits[c][(onset_grid[0], offset_grid[0])])
-    return out
-
-
 # --- the evaluation -------------------------------------------------------------------
 
 def tracker_from_settings(classifier: Any, settings: Mapping[str, Any], lookahead: int) -> Any:
@@ -517,9 +430,7 @@ def tracker_from_settings(classifier: Any, settings: Mapping[str, Any], lookahea
     urgent = {c: bool(u) for c, u in dict(getattr(classifier, "urgent", None) or {}).items() if c in classes}
     return EventTracker(classes, settings["on"], settings["off"], dict(getattr(classifier, "captions", None) or {}),
                         settings["min_duration_s"], settings["hold_s"], scoring="seconds", lookahead=lookahead,
-                        urgent=urgent, window_classes=window, recent_context=recent,
-                        onset_lead=dict(settings.get("onset_lead_s") or {}),
-                        offset_lead=dict(settings.get("offset_lead_s") or {}))
+                        urgent=urgent, window_classes=window, recent_context=recent)
 
 
 def _fold_scores(clf: Any, streams: Sequence[StrongStream], lookahead: int, many: bool, urgent: bool) -> list[dict]:
@@ -813,7 +724,6 @@ def fit_strong(
     seed: int = STREAM_SEED,
     psds: bool = True,
     curated: bool = False,
-    leads: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes a bundle's per-second model on strong labels and calibrates its tracker on them, cross-validated.
 
@@ -831,9 +741,6 @@ def fit_strong(
     labels), scored by the model being calibrated, hold the end-delay bound (end delay p90 <= 3 s per class):
     strong labels cut a talk into events a second apart, where an end delay means little. With ``curated``
     their segment F1 counts too (the best micro F1 over both kinds of stream). Their report half stays unseen.
-    With ``leads``, every calibration then fits per-class onset and offset leads (:func:`calibrate_leads`) on
-    the same strong streams and scores. Measured (docs/timeline.md): the fit keeps them at 0 in 19 of 20
-    class-folds, because the fine-tuned scores do not lag the strong onsets; so it is off by default.
 
     Returns:
       One JSON-ready dict: ``before`` (the bundle as it is), ``calibrated`` (its model, tracker calibrated on
@@ -879,14 +786,6 @@ def fit_strong(
                                 seed=seed + 97 * len(without) + sum(11 ** k for k in without))
 
     def cal(fold_list: Sequence[int], scores: Mapping[int, npt.NDArray], cur: Sequence[npt.NDArray]) -> dict[str, Any]:
-        settings = cal_tracker(fold_list, scores, cur)
-        if leads:
-            settings.update(calibrate_leads([streams[k] for k in fold_list], [scores[k] for k in fold_list], settings,
-                                            classes))
-        return settings
-
-    def cal_tracker(fold_list: Sequence[int], scores: Mapping[int, npt.NDArray],
-                    cur: Sequence[npt.NDArray]) -> dict[str, Any]:
         # The end-delay bound (p90 <= 3 s per class) holds on the curated streams, whose events are whole sounds.
         bound = (np.concatenate(list(cur)), np.concatenate(cur_truth))
         if curated:
@@ -904,7 +803,7 @@ def fit_strong(
         "model": f"{clf.name}@{clf.version}", "folds": folds,
         "recipe": {"epochs": epochs, "learning_rate": FINETUNE_LEARNING_RATE, "weak_share": weak_share,
                    "weak_windows_from": f"{len(weak_clips)} bal_train training-side clips",
-                   "max_false_alarms": max_false_alarms, "leads": leads},
+                   "max_false_alarms": max_false_alarms},
         "protocol": ("nested: fold f is captioned by a model fine-tuned on the other folds, with a tracker "
                      "calibrated on their out-of-fold scores (each scored by a model that did not see it)"
                      + (" and on the curated calibration streams" if curated else ""))}
@@ -936,8 +835,7 @@ def fit_strong(
             shipped_oof[f] = s
             caps_ft.append(c)
             sc_ft.append(s)
-            settings_ft.append({k: settings[k] for k in ("on", "off", "min_duration_s", "hold_s", "onset_lead_s",
-                                                         "offset_lead_s") if k in settings})
+            settings_ft.append({k: settings[k] for k in ("on", "off", "min_duration_s", "hold_s")})
             _LOGGER.info("fold %d: calibrated only %s, fine-tuned %s", f,
                          score_streams([streams[f]], [caps_cal[-1]], None, classes, False)["segment_f1"],
                          score_streams([streams[f]], [c], None, classes, False)["segment_f1"])
@@ -969,8 +867,6 @@ def fit_strong(
                              "grouped validation side (truth: weak clip labels)" if curated else "")
                           + ": best micro segment F1 over them" + ("" if max_false_alarms is None else
                                                                    f" with false alarms <= {max_false_alarms:.0%}")
-                          + ("; then per class the onset and offset leads with the best segment F1 + event onset F1"
-                             if leads else "")
                           + f", end delay p90 <= {TARGET_END_DELAY_P90:g} s per class on the curated streams "
                             "(seeds 101, 102) of the calibration half of bal_train's grouped validation side"),
         "timeline": {"calibration": {**settings["timeline"], "per_class": settings["per_class"]},
@@ -979,6 +875,5 @@ def fit_strong(
                          "protocol": result["protocol"]}},
     })
     result["bundle"] = str(bundle)
-    result["shipped_settings"] = {k: settings[k] for k in ("on", "off", "min_duration_s", "hold_s", "onset_lead_s",
-                                                           "offset_lead_s") if k in settings}
+    result["shipped_settings"] = {k: settings[k] for k in ("on", "off", "min_duration_s", "hold_s")}
     return result

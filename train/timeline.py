@@ -616,9 +616,6 @@ def write_tracker(bundle: str | os.PathLike, settings: dict[str, Any], lookahead
         "calibrated_on": figures.get("calibrated_on"),
         "timeline": figures.get("timeline"),
     }
-    for key in ("onset_lead_s", "offset_lead_s"):  # only a calibration that fitted leads has them
-        if settings.get(key):
-            meta["tracker"][key] = settings[key]
     write_atomic(path, json.dumps(meta, indent=2) + "\n")
 
 

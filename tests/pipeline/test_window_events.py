@@ -138,43 +138,6 @@ def test_per_class_timings():
         EventTracker(("A",), {"A": 0.5}, scoring="frames")
 
 
-def test_onset_and_offset_leads_move_the_edges_back_within_the_stream_and_the_previous_caption():
-    # Music: on from embedding 1, low from 4 (hold 3 windows), on again from 8, low from 11.
-    seq = [0.1, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1]
-    plain = [(e.type, e.start, e.end) for e in _run(_tracker(), seq)]
-    assert plain == [("start", 1000 + STEP, None), ("end", 1000 + STEP, 1000 + 4 * STEP),
-                     ("start", 1000 + 8 * STEP, None), ("end", 1000 + 8 * STEP, 1000 + 10 * STEP)]
-    ev = _run(_tracker(onset_lead={"Music": 2 * STEP}, offset_lead={"Music": STEP}), seq)
-    got = [(e.type, e.start, e.end) for e in ev]
-    # The first start would be 1000 - STEP: clamped to the stream's first embedding; the end one embedding early.
-    assert got[0] == ("start", 1000.0, None)
-    assert got[1] == ("end", 1000.0, pytest.approx(1000 + 3 * STEP))
-    # The second start moves back two embeddings (from 8 to 6, after the first caption's end); its end one early.
-    assert got[2] == ("start", pytest.approx(1000 + 6 * STEP), None)
-    assert got[3][2] == pytest.approx(1000 + 9 * STEP)
-    # A lead longer than the gap stops at the previous caption's end; a long offset lead keeps one embedding.
-    ev = _run(_tracker(onset_lead=10.0, offset_lead=10.0), seq)
-    got = [(e.type, e.start, e.end) for e in ev]
-    assert got[1][2] == pytest.approx(1000 + 2 * STEP)  # candidate 1 + one embedding
-    assert got[2][1] == pytest.approx(got[1][2])  # not before the previous caption's end
-    assert got[3][2] == pytest.approx(1000 + 9 * STEP)
-    # Other classes keep their edges; the stream start is forgotten at finish (a new stream starts later).
-    tr = _tracker(onset_lead={"Music": STEP})
-    _run(tr, [0.1, 0.1, 0.9, 0.9])
-    assert [e.start for e in tr.finish(1000 + 4 * STEP)] == [pytest.approx(1000 + STEP)]
-    ev = _run(tr, [0.9, 0.9], t0=2000.0)
-    assert ev[0].start == pytest.approx(2000.0)
-    assert tr.leads()["Music"] == (STEP, 0.0) and tr.leads()["Speech"] == (0.0, 0.0)
-    # An end at the stream's end (no hold reached) is where the audio ends, with no lead.
-    tr = _tracker(offset_lead=STEP)
-    _run(tr, [0.9, 0.9, 0.9])
-    assert [e.end for e in tr.finish(1000 + 3 * STEP)] == [pytest.approx(1000 + 3 * STEP)]
-    with pytest.raises(ValueError, match="onset_lead must be >= 0"):
-        _tracker(onset_lead={"Music": -0.5})
-    with pytest.raises(ValueError, match="offset_lead must be >= 0"):
-        _tracker(offset_lead=float("nan"))
-
-
 class _Bundle:
     """The attributes make_tracker reads from a loaded classifier bundle."""
 
@@ -196,10 +159,6 @@ def test_make_tracker_takes_the_calibrated_tracker_and_lets_the_config_override(
     assert (tr.scoring, tr.lookahead) == ("seconds", 2)
     assert tr.thresholds() == {"Speech": (0.3, 0.15), "Music": (0.7, 0.7)}
     assert tr.timings() == {"Speech": (0.0, STEP), "Music": (STEP, 0.0)}
-    assert tr.leads() == {"Speech": (0.0, 0.0), "Music": (0.0, 0.0)}  # no leads calibrated: none
-    tr = make_tracker(_Bundle({**cal, "onset_lead_s": {"Speech": 0.96, "Music": 0.0}, "offset_lead_s": {"Music": 0.48}}))
-    assert tr.leads() == {"Speech": (0.96, 0.0), "Music": (0.0, 0.48)}
-    assert make_tracker(_Bundle({**cal, "onset_lead_s": {"Speech": 0.96}}), onset_lead_s=0.0).leads()["Speech"] == (0.0, 0.0)
     # A configured on threshold keeps the calibrated off/on ratio; explicit values win.
     tr = make_tracker(_Bundle(cal), on_thresholds={"Speech": 0.5}, lookahead_s=0.0, hold_s=3.0)
     assert tr.thresholds()["Speech"] == (0.5, 0.25) and tr.lookahead == 0

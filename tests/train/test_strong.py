@@ -73,27 +73,6 @@ def test_folds_are_by_video_and_stable():
 
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_lead_captions_move_edges_as_the_tracker_does(seed):
-    """The calibration's leads (on simulate_tracker's captions) give the captions the tracker publishes."""
-    from pipeline.events import EventTracker
-    from train.timeline import simulate_tracker
-
-    rng = np.random.default_rng(seed)
-    s = np.clip(np.cumsum(rng.normal(0, 0.2, 500)) % 1.0, 0, 1)
-    s[-6:] = 0.95  # open at the stream's end: that end takes no lead
-    for on_lead, off_lead in [(0.48, 0.0), (0.96, 0.48), (1.44, 0.96), (5.0, 5.0)]:
-        tr = EventTracker(("x",), {"x": 0.6}, {"x": 0.45}, None, STEP, 2 * STEP, onset_lead=on_lead,
-                          offset_lead=off_lead)
-        evs = [e for i, x in enumerate(s) for e in tr.update(i * STEP, (i + 1) * STEP, [x])] + tr.finish(len(s) * STEP)
-        ref = [(round(e.start / STEP, 6), round(e.end / STEP, 6)) for e in evs if e.type == "end"]
-        got = [(round(c.start, 6), round(c.end, 6))
-               for c in strong.lead_captions(simulate_tracker(s.tolist(), 0.6, 0.45, 1, 2), len(s), on_lead, off_lead)]
-        assert got == ref and len(ref) > 5
-        assert ref[-1][1] == len(s)
-        plain = simulate_tracker(s.tolist(), 0.6, 0.45, 1, 2)
-        assert any(a != p[0] for (a, _), p in zip(got, plain))  # the leads moved something
-
 @pytest.mark.slow
 def test_shipped_bundle_on_a_natural_strong_stream(tmp_path):
     """The CLI on all strong_dev clips: one JSON object on stdout, a picture, and figures within bounds."""
