@@ -608,7 +608,7 @@ strong window in every epoch: the multi-task part that keeps the model what it w
 before had it (report F1 0.735 against 0.730; 0.5: 0.700), at some cost on the strong labels. 0.6 ships
 0.5, which follows the strong truth more closely:
 nested CV segment F1 0.713 against 0.676, curated report stream 0.705, inside 0.4's 90 % interval
-(0.694-0.751), end delay p90 1.92 s (share 1: 0.692, end p90 3.84 s): docs/timeline.md."""
+(0.699-0.759), end delay p90 1.92 s (share 1: 0.692, end p90 3.84 s): docs/timeline.md."""
 
 
 def stream_windows(streams: Sequence[StrongStream]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
