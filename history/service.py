@@ -140,6 +140,9 @@ class HistoryService:
         if captions:
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
+            # Captions published before the broker acknowledged the subscription of a new session are not kept
+            # for us: this line says from when on none is lost.
+            client.on_subscribe = lambda *_: _LOGGER.info("receiving captions (%s)", self.events_filter)
         else:
             client.on_connect = lambda c, *_: c.subscribe(self.request_topic, qos=1)
         client.on_message = lambda _c, _u, msg: self.inbox.put(msg)

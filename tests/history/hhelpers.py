@@ -57,8 +57,8 @@ class History:
                 [sys.executable, "-m", "history", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.port),
                  "--db", str(self.db), *self.extra],
                 cwd=REPO, env=dhelpers.daemon_env(self.env), stdout=subprocess.DEVNULL, stderr=fh)
-        if wait_online:
-            self.wait_log("connected to MQTT broker", 20)
+        if wait_online:  # subscribed, not only connected: captions sent before that are not kept for a new session
+            self.wait_log("receiving captions", 20)
         return self.proc
 
     def log(self) -> str:
