@@ -96,6 +96,9 @@ def main() -> None:
     rows.append(("log-mel (one example)", *timed(lambda: frontend._example_log_mel(span), args.runs)))
     example = frontend.waveform_to_examples(x16[: params.EXAMPLE_SPAN_SAMPLES], 16000)
 
+    from pipeline.quiet import import_tensorflow
+
+    import_tensorflow()  # its start-up lines would break into the table
     from pipeline import vggish as vg
     from pipeline.tflite import TFLiteModel
 

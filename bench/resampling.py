@@ -1,4 +1,4 @@
-"""What the cheaper resampler changes: kaiser_fast vs kaiser_best, and a 16 kHz device.
+"""What the cheaper resampler changes: kaiser_fast vs kaiser_best, a 16 kHz device, float64.
 
     python bench/resampling.py [--workdir DIR]
 
@@ -8,7 +8,10 @@ choice (44.1 kHz -> 16 kHz with resampy's kaiser_best):
 
 * ``kaiser_fast``: resampy's cheaper filter on the same 44.1 kHz audio;
 * ``device 16k``: the sound captured at 16 kHz directly (synthesised at 16 kHz,
-  or sox's resampler for speech, standing in for the sound server's).
+  or sox's resampler for speech, standing in for the sound server's);
+* ``resampy f64``: resampy's own float64 ``resample`` of the whole recording,
+  as the published VGGish input code does (the streaming resampler computes
+  the same filter in float32).
 
 It prints the log-mel difference (weights-independent) and, after VGGish +
 PCA + 8-bit quantisation, the fraction of uint8 values that move and by how
@@ -99,15 +102,20 @@ def main() -> None:
         r = audio.StreamingResampler(rate, 16000, filt)
         return frontend._examples_from_16k(np.concatenate([r.process(x), r.flush()]))
 
+    def embed_resampy(x, rate):
+        ex = frontend.waveform_to_examples(x, rate)
+        return post.postprocess(np.concatenate([model(ex[i : i + 1]) for i in range(len(ex))]))
+
     print("What the resampler changes, against 44.1 kHz -> 16 kHz with kaiser_best "
           f"(VGGish: random weights, {args.runtime} float32)")
     print(f"{'recording':<20} {'variant':<12} {'log-mel max|d|':>14} {'mean|d|':>8} {'uint8 moved':>11} {'steps p50/max':>13}")
-    totals: dict[str, list[np.ndarray]] = {"kaiser_fast": [], "device 16k": []}
+    totals: dict[str, list[np.ndarray]] = {"kaiser_fast": [], "device 16k": [], "resampy f64": []}
     for name, (x44, x16) in recordings(args.workdir).items():
         ref_mel, ref = logmel(x44, RATE, "kaiser_best"), embed(x44, RATE, "kaiser_best")
         for variant, mel, emb in (
             ("kaiser_fast", logmel(x44, RATE, "kaiser_fast"), embed(x44, RATE, "kaiser_fast")),
             ("device 16k", logmel(x16, 16000, "kaiser_best"), embed(x16, 16000, "kaiser_best")),
+            ("resampy f64", frontend.waveform_to_examples(x44, RATE), embed_resampy(x44, RATE)),
         ):
             n = min(len(ref), len(emb))
             d_mel = np.abs(mel[:n] - ref_mel[:n])

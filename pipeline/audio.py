@@ -5,9 +5,10 @@ Two resamplers share resampy's filters:
 * :func:`resample` is resampy's own ``resample`` (what the published VGGish
   input code calls), for whole signals.
 * :class:`StreamingResampler` computes the same zero-padded polyphase filter
-  block by block. It works in fixed chunks of output, so its result is
-  bit-identical however the input is split, and equals :func:`resample` to
-  about 1e-7 (float summation order).
+  block by block, in float32 (the precision of the audio it is given). It
+  works in fixed chunks of output, so its result is bit-identical however the
+  input is split, and equals :func:`resample` to float32 rounding (a few
+  1e-7 of full scale).
 """
 
 from __future__ import annotations
@@ -253,13 +254,44 @@ def _polyphase_kernel(
     return p, q, left - first, kernel
 
 
+RESAMPLE_PHASE_GROUPS = 4
+"""The streaming resampler's phases are multiplied in this many groups of
+neighbouring phases, each with only the input columns its taps reach: one
+phase's taps cover about 40 % of the table's columns at 44.1 kHz, so the
+groups skip most of the zeros a single product would multiply (4 was fastest
+at 44.1 and 48 kHz; ``bench/frontend.py`` times the resampler)."""
+
+
+def _phase_groups(
+    kernel: npt.NDArray[np.float64], groups: int
+) -> list[tuple[slice, slice, npt.NDArray[np.float32]]]:
+    """Splits a polyphase table ``[q, span]`` into ``groups`` runs of phases.
+
+    Returns:
+      ``(phases, columns, table)`` per group: ``table`` is the float32
+      ``[columns, phases]`` part of ``kernel.T`` that is not zero for every
+      phase of the group.
+    """
+    q = kernel.shape[0]
+    n = min(groups, q)
+    out = []
+    for g in range(n):
+        rows = slice(g * q // n, (g + 1) * q // n)
+        used = np.nonzero(np.any(kernel[rows] != 0.0, axis=0))[0]
+        cols = slice(int(used[0]), int(used[-1]) + 1)
+        out.append((rows, cols, np.ascontiguousarray(kernel[rows, cols].T, dtype=np.float32)))
+    return out
+
+
 class StreamingResampler:
     """Resamples a stream of mono blocks of any size to ``target_rate``.
 
     The output for the whole stream is bit-identical however it is split into
     blocks: output is computed in fixed chunks of ``chunk_blocks * q`` samples
-    aligned to the start of the stream, each with one matrix product of fixed
-    shape.
+    aligned to the start of the stream, each with the same matrix products of
+    fixed shape. It computes in float32: the audio arrives as float32 (or as
+    16-bit PCM), and the filter in float32 moves the output by a few 1e-7 of
+    full scale from resampy's float64.
 
     Args:
       sample_rate: input rate, Hz.
@@ -278,11 +310,9 @@ class StreamingResampler:
         self.filter = filter
         self._passthrough = self.sample_rate == self.target_rate
         if not self._passthrough:
-            self._p, self._q, self._left, self._kernel = _polyphase_kernel(
-                self.sample_rate, self.target_rate, filter
-            )
-            self._kernel_t = np.ascontiguousarray(self._kernel.T)
-            self._span = self._kernel.shape[1]
+            self._p, self._q, self._left, kernel = _polyphase_kernel(self.sample_rate, self.target_rate, filter)
+            self._groups = _phase_groups(kernel, RESAMPLE_PHASE_GROUPS)
+            self._span = kernel.shape[1]
             target_outputs = max(1, int(params.RESAMPLE_CHUNK_SECONDS * self.target_rate))
             self._chunk_blocks = max(1, -(-target_outputs // self._q))
         self.reset()
@@ -293,7 +323,7 @@ class StreamingResampler:
         self._emitted_out = 0  # output samples returned
         if not self._passthrough:
             # Buffer starts `left` zeros before input sample 0 (resampy's zero padding).
-            self._buf = np.zeros(self._left, dtype=np.float64)
+            self._buf = np.zeros(self._left, dtype=np.float32)
             self._buf_start = -self._left  # absolute input index of _buf[0]
             self._next_block = 0
 
@@ -302,9 +332,9 @@ class StreamingResampler:
         """Output samples returned so far."""
         return self._emitted_out
 
-    def process(self, block: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """Takes mono float ``[n]``, returns the output samples now complete."""
-        x = np.asarray(block, dtype=np.float64)
+    def process(self, block: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Takes mono float ``[n]``, returns the float32 output samples now complete."""
+        x = np.asarray(block, dtype=np.float32)
         if x.ndim != 1:
             raise ValueError(f"StreamingResampler takes mono [n] blocks; got shape {x.shape}")
         self._consumed_in += x.shape[0]
@@ -314,48 +344,50 @@ class StreamingResampler:
         self._buf = np.concatenate([self._buf, x])
         return self._run(final=False)
 
-    def flush(self) -> npt.NDArray[np.float64]:
+    def flush(self) -> npt.NDArray[np.float32]:
         """Ends the stream: returns the remaining output (zero padding at the end),
         so that the total length is ``int(n_in * target_rate / sample_rate)``."""
         if self._passthrough:
-            return np.zeros(0, dtype=np.float64)
+            return np.zeros(0, dtype=np.float32)
         out = self._run(final=True)
         self.reset()
         return out
 
-    def _run(self, final: bool) -> npt.NDArray[np.float64]:
+    def _run(self, final: bool) -> npt.NDArray[np.float32]:
         p, q, span, cb = self._p, self._q, self._span, self._chunk_blocks
+        b0 = self._next_block
+        have_end = self._buf_start + self._buf.shape[0]
+        # Whole chunks the buffer holds: chunk c needs input up to
+        # (b0 + (c + 1) * cb - 1) * p - left + span (exclusive).
+        chunks = max(0, (have_end + self._left - span - (b0 - 1) * p) // (cb * p))
         total_out = (self._consumed_in * self.target_rate) // self.sample_rate
-        pieces = []
-        while True:
-            b0 = self._next_block
-            # Input needed for blocks b0 .. b0+cb-1 (absolute indices, end exclusive).
-            start = b0 * p - self._left
-            end = (b0 + cb - 1) * p - self._left + span
-            have_end = self._buf_start + self._buf.shape[0]
-            if have_end < end:
-                if not final or b0 * q >= total_out:
-                    break
-                self._buf = np.concatenate([self._buf, np.zeros(end - have_end)])
-            lo = start - self._buf_start
-            frames = np.lib.stride_tricks.as_strided(
-                self._buf[lo:],
-                shape=(cb, span),
-                strides=(p * self._buf.strides[0], self._buf.strides[0]),
-                writeable=False,
-            )
-            pieces.append((frames @ self._kernel_t).reshape(-1))
-            self._next_block = b0 + cb
-            # Drop input no later chunk needs.
-            keep_from = self._next_block * p - self._left
-            drop = keep_from - self._buf_start
-            if drop > 0:
-                self._buf = self._buf[drop:]
-                self._buf_start = keep_from
-        if not pieces:
-            return np.zeros(0, dtype=np.float64)
-        out = np.concatenate(pieces)
         if final:
-            out = out[: max(0, total_out - self._emitted_out)]
-        self._emitted_out += out.shape[0]
-        return out
+            wanted = max(0, -(-(total_out - b0 * q) // (cb * q)))
+            if wanted > chunks:  # the stream's end: resampy pads with zeros
+                end = (b0 + wanted * cb - 1) * p - self._left + span
+                self._buf = np.concatenate([self._buf, np.zeros(end - have_end, dtype=np.float32)])
+                chunks = wanted
+        if chunks == 0:
+            return np.zeros(0, dtype=np.float32)
+        step = self._buf.strides[0]
+        frames = np.lib.stride_tricks.as_strided(
+            self._buf[b0 * p - self._left - self._buf_start :],
+            shape=(chunks * cb, span),
+            strides=(p * step, step),
+            writeable=False,
+        )
+        out = np.empty((chunks * cb, q), dtype=np.float32)
+        for c in range(chunks):
+            rows = slice(c * cb, (c + 1) * cb)
+            for phases, cols, table in self._groups:
+                out[rows, phases] = frames[rows, cols] @ table
+        self._next_block = b0 + chunks * cb
+        # Drop input no later chunk needs.
+        keep_from = self._next_block * p - self._left
+        self._buf = self._buf[keep_from - self._buf_start :]
+        self._buf_start = keep_from
+        flat = out.reshape(-1)
+        if final:
+            flat = flat[: max(0, total_out - self._emitted_out)]
+        self._emitted_out += flat.shape[0]
+        return flat
