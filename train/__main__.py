@@ -187,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="calibration: cap on the share of captions that are false alarms")
     s.add_argument("--curated", action="store_true",
                    help="calibrate on the curated calibration streams too, not on the strong streams alone")
+    s.add_argument("--members", type=int, default=1,
+                   help="per-second models fine-tuned with different seeds, their scores averaged in one model")
 
     v = sub.add_parser("export-vggish", formatter_class=fmt,
                        help="export VGGish to TFLite (float32, int8) and a SavedModel")
@@ -283,7 +285,7 @@ def _cmd_fit_strong(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         result = fit_strong(args.model, args.strong, args.data, args.out, args.version, folds=args.folds,
                             epochs=args.epochs, weak_share=args.weak_share, max_false_alarms=args.max_false_alarms,
-                            curated=args.curated)
+                            curated=args.curated, members=args.members)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -669,6 +669,20 @@ def finetune_seconds(
     return model
 
 
+def average_models(models: Sequence[Any]) -> Any:
+    """One Keras model whose per-second scores are the mean of ``models``' (same input and output shapes), so
+    the daemon runs an ensemble as one interpreter call of one ``seconds.tflite``."""
+    import keras
+
+    if len(models) == 1:
+        return models[0]
+    for k, m in enumerate(models):
+        m.name = f"member_{k}"  # a functional model's layers need distinct names
+    inp = keras.Input(models[0].input_shape[1:], dtype=models[0].inputs[0].dtype, name="windows")
+    out = keras.layers.Average(name="mean_of_members")([m(inp) for m in models])
+    return keras.Model(inp, out, name=f"seconds_mean_of_{len(models)}")
+
+
 def _without_optimizer(model: Any) -> Any:
     """The same network and weights, uncompiled (a compiled model saves its optimizer's state too: 3 x the size).
 
@@ -724,6 +738,7 @@ def fit_strong(
     seed: int = STREAM_SEED,
     psds: bool = True,
     curated: bool = False,
+    members: int = 1,
 ) -> dict[str, Any]:
     """Fine-tunes a bundle's per-second model on strong labels and calibrates its tracker on them, cross-validated.
 
@@ -741,6 +756,10 @@ def fit_strong(
     labels), scored by the model being calibrated, hold the end-delay bound (end delay p90 <= 3 s per class):
     strong labels cut a talk into events a second apart, where an end delay means little. With ``curated``
     their segment F1 counts too (the best micro F1 over both kinds of stream). Their report half stays unseen.
+
+    With ``members`` > 1 every fine-tuning trains that many models (member 0 with the seed of a single
+    model, the others with other seeds and so other weak windows) and averages their scores
+    (:func:`average_models`): an ensemble that the daemon runs as one model.
 
     Returns:
       One JSON-ready dict: ``before`` (the bundle as it is), ``calibrated`` (its model, tracker calibrated on
@@ -760,6 +779,8 @@ def fit_strong(
 
     if folds < 3:
         raise ValueError(f"fit-strong needs at least 3 folds; got {folds}")
+    if members < 1:
+        raise ValueError(f"fit-strong needs at least one member model; got {members}")
     clf = load_classifier(model_dir, runtime="litert")
     if not clf.has_seconds or not (clf.path / "seconds.keras").is_file():
         raise ValueError(f"{clf.path} has no per-second Keras model (seconds.keras) to fine-tune")
@@ -782,8 +803,10 @@ def fit_strong(
 
     def tune(without: Sequence[int]) -> Any:
         keep = [k for k in everything if k not in without]
-        return finetune_seconds(seconds_keras, [streams[k] for k in keep], weak, epochs, weak_share=weak_share,
-                                seed=seed + 97 * len(without) + sum(11 ** k for k in without))
+        base_seed = seed + 97 * len(without) + sum(11 ** k for k in without)
+        return average_models([finetune_seconds(seconds_keras, [streams[k] for k in keep], weak, epochs,
+                                                weak_share=weak_share, seed=base_seed + 7919 * m)
+                               for m in range(members)])
 
     def cal(fold_list: Sequence[int], scores: Mapping[int, npt.NDArray], cur: Sequence[npt.NDArray]) -> dict[str, Any]:
         # The end-delay bound (p90 <= 3 s per class) holds on the curated streams, whose events are whole sounds.
@@ -802,6 +825,7 @@ def fit_strong(
     result: dict[str, Any] = {
         "model": f"{clf.name}@{clf.version}", "folds": folds,
         "recipe": {"epochs": epochs, "learning_rate": FINETUNE_LEARNING_RATE, "weak_share": weak_share,
+                   "members": members,
                    "weak_windows_from": f"{len(weak_clips)} bal_train training-side clips",
                    "max_false_alarms": max_false_alarms},
         "protocol": ("nested: fold f is captioned by a model fine-tuned on the other folds, with a tracker "

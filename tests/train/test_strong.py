@@ -135,6 +135,25 @@ def test_fine_tuning_on_strong_frames_learns_them_and_the_bundle_runs_it(tmp_pat
     assert after > before + 0.02, (before, after)
 
 
+def test_members_are_averaged_into_one_model_the_daemon_runs(tmp_path):
+    """fit-strong --members: the ensemble is one Keras model whose scores are the members' mean, and the bundle
+    written with it gives those scores in LiteRT (one interpreter call)."""
+    import keras
+
+    from pipeline.classifier import load_classifier
+
+    clf = load_classifier(runtime="litert")
+    a, b = (keras.saving.load_model(clf.path / "seconds.keras", compile=False) for _ in range(2))
+    b.set_weights([w * 0.5 for w in b.get_weights()])  # a different member
+    x = np.random.default_rng(4).integers(0, 256, (64, params.WINDOW_EMBEDDINGS, params.EMBEDDING_SIZE), np.uint8)
+    want = (a.predict(x, verbose=0) + b.predict(x, verbose=0)) / 2
+    assert np.max(np.abs(want - a.predict(x, verbose=0))) > 1e-2  # the members differ
+    mean = strong.average_models([a, b])
+    np.testing.assert_allclose(mean.predict(x, verbose=0), want, atol=1e-6)
+    lite = load_classifier(strong._with_seconds(clf.path, tmp_path / "mean", mean), runtime="litert")
+    assert np.max(np.abs(lite.predict_seconds(x) - np.clip(want, 0, 1))) < 1e-4
+
+
 def test_calibration_bounds_the_end_delay_on_other_streams():
     """A class whose strong truth rewards a lingering caption: the bound, measured on streams where the sound
     really stops earlier, keeps the calibration from lingering there."""
