@@ -5,10 +5,9 @@ Two resamplers share resampy's filters:
 * :func:`resample` is resampy's own ``resample`` (what the published VGGish
   input code calls), for whole signals.
 * :class:`StreamingResampler` computes the same zero-padded polyphase filter
-  block by block, in float32 (the precision of the audio it is given). It
-  works in fixed chunks of output, so its result is bit-identical however the
-  input is split, and equals :func:`resample` to float32 rounding (a few
-  1e-7 of full scale).
+  block by block. It works in fixed chunks of output, so its result is
+  bit-identical however the input is split, and equals :func:`resample` to
+  about 1e-7 (float summation order).
 """
 
 from __future__ import annotations
@@ -259,16 +258,17 @@ RESAMPLE_PHASE_GROUPS = 4
 neighbouring phases, each with only the input columns its taps reach: one
 phase's taps cover about 40 % of the table's columns at 44.1 kHz, so the
 groups skip most of the zeros a single product would multiply (4 was fastest
-at 44.1 and 48 kHz; ``bench/frontend.py`` times the resampler)."""
+at 44.1 kHz: 0.34 ms per 0.96 s against 0.9 ms for one product; ``bench/frontend.py``
+times the resampler)."""
 
 
 def _phase_groups(
     kernel: npt.NDArray[np.float64], groups: int
-) -> list[tuple[slice, slice, npt.NDArray[np.float32]]]:
+) -> list[tuple[slice, slice, npt.NDArray[np.float64]]]:
     """Splits a polyphase table ``[q, span]`` into ``groups`` runs of phases.
 
     Returns:
-      ``(phases, columns, table)`` per group: ``table`` is the float32
+      ``(phases, columns, table)`` per group: ``table`` is the
       ``[columns, phases]`` part of ``kernel.T`` that is not zero for every
       phase of the group.
     """
@@ -279,7 +279,7 @@ def _phase_groups(
         rows = slice(g * q // n, (g + 1) * q // n)
         used = np.nonzero(np.any(kernel[rows] != 0.0, axis=0))[0]
         cols = slice(int(used[0]), int(used[-1]) + 1)
-        out.append((rows, cols, np.ascontiguousarray(kernel[rows, cols].T, dtype=np.float32)))
+        out.append((rows, cols, np.ascontiguousarray(kernel[rows, cols].T)))
     return out
 
 
@@ -289,9 +289,11 @@ class StreamingResampler:
     The output for the whole stream is bit-identical however it is split into
     blocks: output is computed in fixed chunks of ``chunk_blocks * q`` samples
     aligned to the start of the stream, each with the same matrix products of
-    fixed shape. It computes in float32: the audio arrives as float32 (or as
-    16-bit PCM), and the filter in float32 moves the output by a few 1e-7 of
-    full scale from resampy's float64.
+    fixed shape. It computes in float64, as resampy does: float32 would save
+    another 0.1 ms per second of audio, but its rounding differs between CPU
+    architectures by enough to move int8 VGGish embeddings (3.6 % of uint8
+    values arm64 vs x86-64 on ``scripts/arm64-check``'s speech, against 0.1 %
+    in float64).
 
     Args:
       sample_rate: input rate, Hz.
@@ -323,7 +325,7 @@ class StreamingResampler:
         self._emitted_out = 0  # output samples returned
         if not self._passthrough:
             # Buffer starts `left` zeros before input sample 0 (resampy's zero padding).
-            self._buf = np.zeros(self._left, dtype=np.float32)
+            self._buf = np.zeros(self._left, dtype=np.float64)
             self._buf_start = -self._left  # absolute input index of _buf[0]
             self._next_block = 0
 
@@ -332,9 +334,9 @@ class StreamingResampler:
         """Output samples returned so far."""
         return self._emitted_out
 
-    def process(self, block: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Takes mono float ``[n]``, returns the float32 output samples now complete."""
-        x = np.asarray(block, dtype=np.float32)
+    def process(self, block: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Takes mono float ``[n]``, returns the output samples now complete."""
+        x = np.asarray(block, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"StreamingResampler takes mono [n] blocks; got shape {x.shape}")
         self._consumed_in += x.shape[0]
@@ -344,16 +346,16 @@ class StreamingResampler:
         self._buf = np.concatenate([self._buf, x])
         return self._run(final=False)
 
-    def flush(self) -> npt.NDArray[np.float32]:
+    def flush(self) -> npt.NDArray[np.float64]:
         """Ends the stream: returns the remaining output (zero padding at the end),
         so that the total length is ``int(n_in * target_rate / sample_rate)``."""
         if self._passthrough:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float64)
         out = self._run(final=True)
         self.reset()
         return out
 
-    def _run(self, final: bool) -> npt.NDArray[np.float32]:
+    def _run(self, final: bool) -> npt.NDArray[np.float64]:
         p, q, span, cb = self._p, self._q, self._span, self._chunk_blocks
         b0 = self._next_block
         have_end = self._buf_start + self._buf.shape[0]
@@ -365,10 +367,10 @@ class StreamingResampler:
             wanted = max(0, -(-(total_out - b0 * q) // (cb * q)))
             if wanted > chunks:  # the stream's end: resampy pads with zeros
                 end = (b0 + wanted * cb - 1) * p - self._left + span
-                self._buf = np.concatenate([self._buf, np.zeros(end - have_end, dtype=np.float32)])
+                self._buf = np.concatenate([self._buf, np.zeros(end - have_end)])
                 chunks = wanted
         if chunks == 0:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float64)
         step = self._buf.strides[0]
         frames = np.lib.stride_tricks.as_strided(
             self._buf[b0 * p - self._left - self._buf_start :],
@@ -376,7 +378,7 @@ class StreamingResampler:
             strides=(p * step, step),
             writeable=False,
         )
-        out = np.empty((chunks * cb, q), dtype=np.float32)
+        out = np.empty((chunks * cb, q), dtype=np.float64)
         for c in range(chunks):
             rows = slice(c * cb, (c + 1) * cb)
             for phases, cols, table in self._groups:
