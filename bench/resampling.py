@@ -11,7 +11,7 @@ choice (44.1 kHz -> 16 kHz with resampy's kaiser_best):
   or sox's resampler for speech, standing in for the sound server's);
 * ``resampy f64``: resampy's own float64 ``resample`` of the whole recording,
   as the published VGGish input code does (the streaming resampler computes
-  the same filter in float32).
+  the same filter in fixed chunks and groups of phases).
 
 It prints the log-mel difference (weights-independent) and, after VGGish +
 PCA + 8-bit quantisation, the fraction of uint8 values that move and by how

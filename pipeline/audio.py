@@ -253,15 +253,6 @@ def _polyphase_kernel(
     return p, q, left - first, kernel
 
 
-RESAMPLE_PHASE_GROUPS = 4
-"""The streaming resampler's phases are multiplied in this many groups of
-neighbouring phases, each with only the input columns its taps reach: one
-phase's taps cover about 40 % of the table's columns at 44.1 kHz, so the
-groups skip most of the zeros a single product would multiply (4 was fastest
-at 44.1 kHz: 0.34 ms per 0.96 s against 0.9 ms for one product; ``bench/frontend.py``
-times the resampler)."""
-
-
 def _phase_groups(
     kernel: npt.NDArray[np.float64], groups: int
 ) -> list[tuple[slice, slice, npt.NDArray[np.float64]]]:
@@ -292,7 +283,7 @@ class StreamingResampler:
     fixed shape. It computes in float64, as resampy does: float32 would save
     another 0.1 ms per second of audio, but its rounding differs between CPU
     architectures by enough to move int8 VGGish embeddings (3.6 % of uint8
-    values arm64 vs x86-64 on ``scripts/arm64-check``'s speech, against 0.1 %
+    values arm64 vs x86-64 on ``scripts/arm64-check``'s speech, against 0.00 %
     in float64).
 
     Args:
@@ -313,7 +304,7 @@ class StreamingResampler:
         self._passthrough = self.sample_rate == self.target_rate
         if not self._passthrough:
             self._p, self._q, self._left, kernel = _polyphase_kernel(self.sample_rate, self.target_rate, filter)
-            self._groups = _phase_groups(kernel, RESAMPLE_PHASE_GROUPS)
+            self._groups = _phase_groups(kernel, params.RESAMPLE_PHASE_GROUPS)
             self._span = kernel.shape[1]
             target_outputs = max(1, int(params.RESAMPLE_CHUNK_SECONDS * self.target_rate))
             self._chunk_blocks = max(1, -(-target_outputs // self._q))

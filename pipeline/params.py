@@ -19,6 +19,14 @@ RESAMPLE_CHUNK_SECONDS = 0.1
 """The streaming resampler computes output in chunks of about this length, so
 that its result does not depend on how the input was split into blocks."""
 
+RESAMPLE_PHASE_GROUPS = 4
+"""The streaming resampler multiplies its phases in this many groups of
+neighbouring phases, each with only the input columns its taps reach: one
+phase's taps cover about 40 % of the table's columns at 44.1 kHz, so the
+groups skip most of the zeros a single product would multiply (4 was fastest
+at 44.1 kHz: 0.34 ms per 0.96 s against 0.9 ms for one product;
+``bench/frontend.py`` times the resampler)."""
+
 # --- Log-mel front end --------------------------------------------------------
 STFT_WINDOW_SECONDS = 0.025
 STFT_HOP_SECONDS = 0.010

@@ -676,6 +676,7 @@ def average_models(models: Sequence[Any]) -> Any:
 
     if len(models) == 1:
         return models[0]
+    models = [_without_optimizer(m) for m in models]  # else each member's optimizer state is saved with it
     for k, m in enumerate(models):
         m.name = f"member_{k}"  # a functional model's layers need distinct names
     inp = keras.Input(models[0].input_shape[1:], dtype=models[0].inputs[0].dtype, name="windows")

@@ -148,10 +148,17 @@ def test_members_are_averaged_into_one_model_the_daemon_runs(tmp_path):
     x = np.random.default_rng(4).integers(0, 256, (64, params.WINDOW_EMBEDDINGS, params.EMBEDDING_SIZE), np.uint8)
     want = (a.predict(x, verbose=0) + b.predict(x, verbose=0)) / 2
     assert np.max(np.abs(want - a.predict(x, verbose=0))) > 1e-2  # the members differ
+    a.compile(optimizer="adam", loss="binary_crossentropy")  # as fine-tuning leaves a member: with its optimizer
+    a.fit(x[:8], a.predict(x[:8], verbose=0), epochs=1, verbose=0)
+    want = (a.predict(x, verbose=0) + b.predict(x, verbose=0)) / 2
     mean = strong.average_models([a, b])
     np.testing.assert_allclose(mean.predict(x, verbose=0), want, atol=1e-6)
-    lite = load_classifier(strong._with_seconds(clf.path, tmp_path / "mean", mean), runtime="litert")
+    bundle = strong._with_seconds(clf.path, tmp_path / "mean", mean)
+    lite = load_classifier(bundle, runtime="litert")
     assert np.max(np.abs(lite.predict_seconds(x) - np.clip(want, 0, 1))) < 1e-4
+    # Two members' weights, not their optimizer state too (that would be ~3 x one member each).
+    one = (clf.path / "seconds.keras").stat().st_size
+    assert (bundle / "seconds.keras").stat().st_size < 2.5 * one
 
 
 def test_calibration_bounds_the_end_delay_on_other_streams():
