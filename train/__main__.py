@@ -189,10 +189,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="calibrate on the curated calibration streams too, not on the strong streams alone")
     s.add_argument("--members", type=int, default=1,
                    help="per-second models fine-tuned with different seeds, their scores averaged in one model")
-    s.add_argument("--reshuffle", action="store_true",
-                   help="every fine-tuning epoch after the first plays the strong clips in a new random order")
-    s.add_argument("--soft-targets", action="store_true",
-                   help="each second's strong target is the share of it the events cover, not 0 or 1")
 
     v = sub.add_parser("export-vggish", formatter_class=fmt,
                        help="export VGGish to TFLite (float32, int8) and a SavedModel")
@@ -289,8 +285,7 @@ def _cmd_fit_strong(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         result = fit_strong(args.model, args.strong, args.data, args.out, args.version, folds=args.folds,
                             epochs=args.epochs, weak_share=args.weak_share, max_false_alarms=args.max_false_alarms,
-                            curated=args.curated, members=args.members,
-                            reshuffle=args.reshuffle, soft_targets=args.soft_targets)
+                            curated=args.curated, members=args.members)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

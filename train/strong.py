@@ -99,8 +99,6 @@ class StrongStream:
       clip: int64 ``[T]``: index (in the :class:`StrongSet`) of the clip each embedding belongs to.
       events: per class, the merged strong events ``(onset, offset)`` in stream seconds.
       name: the stream's name (``fold0`` ...).
-      cover: float32 ``[T, C]``: the share of each embedding the class's strong events cover (``labels`` is
-        ``cover > 0.5``); ``None`` where not built.
     """
 
     embeddings: npt.NDArray[np.uint8]
@@ -108,7 +106,6 @@ class StrongStream:
     clip: npt.NDArray[np.int64]
     events: tuple[tuple[tuple[float, float], ...], ...]
     name: str = "stream"
-    cover: npt.NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -202,25 +199,19 @@ def build_stream(strong: StrongSet, names: Sequence[frozenset[str]], order: Sequ
         t0 += span
     x = np.concatenate(embs) if embs else np.zeros((0, params.EMBEDDING_SIZE), np.uint8)
     events = tuple(tuple(_merge(r)) for r in raw)
-    cover = coverage(events, len(x))
-    return StrongStream(x, (cover > 0.5).astype(np.uint8),
-                        np.concatenate(owner) if owner else np.zeros(0, np.int64), events, name, cover)
+    return StrongStream(x, truth_grid(events, len(x)), np.concatenate(owner) if owner else np.zeros(0, np.int64),
+                        events, name)
 
 
-def coverage(events: Sequence[Sequence[tuple[float, float]]], n: int) -> npt.NDArray[np.float32]:
-    """float32 ``[n, C]``: the share of each embedding a class's (merged, so disjoint) events cover."""
+def truth_grid(events: Sequence[Sequence[tuple[float, float]]], n: int) -> npt.NDArray[np.uint8]:
+    """uint8 ``[n, C]``: 1 where a class's events cover more than half of the embedding."""
     cover = np.zeros((n, len(events)))
     for c, evs in enumerate(events):
         for a, b in evs:
             i0, i1 = int(np.floor(a / STEP)), min(int(np.ceil(b / STEP)), n)
             for i in range(i0, i1):
                 cover[i, c] += min(b, (i + 1) * STEP) - max(a, i * STEP)
-    return np.minimum(cover / STEP, 1.0).astype(np.float32)
-
-
-def truth_grid(events: Sequence[Sequence[tuple[float, float]]], n: int) -> npt.NDArray[np.uint8]:
-    """uint8 ``[n, C]``: 1 where a class's events cover more than half of the embedding."""
-    return (coverage(events, n) > 0.5).astype(np.uint8)
+    return (cover > STEP / 2).astype(np.uint8)
 
 
 def fold_streams(strong: StrongSet, names: Sequence[frozenset[str]], folds: int = FOLDS,
@@ -620,38 +611,18 @@ nested CV segment F1 0.713 against 0.676, curated report stream 0.705, inside 0.
 (0.699-0.759), end delay p90 1.92 s (share 1: 0.692, end p90 3.84 s): docs/timeline.md."""
 
 
-def stream_windows(streams: Sequence[StrongStream], soft: bool = False,
-                   ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+def stream_windows(streams: Sequence[StrongStream]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
     """Every rolling window of the daemon over these streams (left-padded at each stream's start), with the
-    strong truth of each of its seconds: ``(uint8 [W, 10, 128], float32 [W, 10, C])``; with ``soft`` the
-    truth is the share of the second the class's events cover (``StrongStream.cover``), else 0 or 1."""
+    strong truth of each of its seconds: ``(uint8 [W, 10, 128], float32 [W, 10, C])``."""
     from train.fit import rolling_windows
 
     xs, ys = [], []
     for st in streams:
         n = len(st)
-        if soft and st.cover is None:
-            raise ValueError(f"stream {st.name} has no coverage to learn soft targets from")
         idx = rolling_windows(st.embeddings, np.zeros(n, np.int64), np.arange(n))
         xs.append(st.embeddings[idx])
-        ys.append((st.cover if soft else st.labels)[idx].astype(np.float32))
+        ys.append(st.labels[idx].astype(np.float32))
     return np.concatenate(xs), np.concatenate(ys)
-
-
-def reordered(stream: StrongStream, rng: np.random.Generator) -> StrongStream:
-    """The same clips played in another random order: each clip's rows of embeddings and truth move whole.
-
-    A clip lasts a whole number of embeddings, so its truth on the grid does not depend on where it plays (but
-    for rounding where an event covers exactly half an embedding: 2 of 54,984 cells of the five folds differ
-    from :func:`build_stream` of the new order); what changes is which clips a rolling window sees side by side. ``events`` are not rebuilt (empty): the
-    result is for learning from, not for scoring.
-    """
-    starts = np.flatnonzero(np.r_[True, stream.clip[1:] != stream.clip[:-1]])
-    bounds = np.r_[starts, len(stream)]
-    rows = np.concatenate([np.arange(bounds[k], bounds[k + 1]) for k in rng.permutation(len(starts))])
-    return StrongStream(stream.embeddings[rows], stream.labels[rows], stream.clip[rows],
-                        tuple(() for _ in stream.events), stream.name,
-                        None if stream.cover is None else stream.cover[rows])
 
 
 def finetune_seconds(
@@ -664,8 +635,6 @@ def finetune_seconds(
     batch_size: int = 256,
     seed: int = 0,
     verbose: int = 0,
-    reshuffle: bool = False,
-    soft_targets: bool = False,
 ) -> Any:
     """Fine-tunes a bundle's per-second model on strong frame targets, beside weak scene windows.
 
@@ -675,9 +644,6 @@ def finetune_seconds(
       weak: ``(x [N, 10, 128], frames [N], y [N, C])`` weakly labelled clips (bal_train's training side):
         each epoch adds ``weak_share`` x as many windows cut from a fresh stream of their scenes
         (:func:`train.fit.scene_windows`), each second carrying its clip's labels.
-      reshuffle: every epoch after the first plays each stream's clips in a new random order
-        (:func:`reordered`), so the windows that straddle two clips pair them differently.
-      soft_targets: each second's strong target is the share of it the class's events cover, not 0 or 1.
 
     Returns:
       The fine-tuned Keras model.
@@ -689,11 +655,9 @@ def finetune_seconds(
     keras.utils.set_random_seed(seed)
     model = keras.saving.load_model(seconds_keras, compile=False)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
-    xs, ys = stream_windows(streams, soft_targets)
+    xs, ys = stream_windows(streams)
     rng = np.random.default_rng(seed)
     for epoch in range(epochs):
-        if reshuffle and epoch > 0:
-            xs, ys = stream_windows([reordered(st, rng) for st in streams], soft_targets)
         x, y = xs, ys
         if weak is not None and weak_share > 0:
             wx, wt = scene_windows(weak[0], weak[1], weak[2], np.zeros((len(weak[0]), 0), np.uint8), rng,
@@ -776,8 +740,6 @@ def fit_strong(
     psds: bool = True,
     curated: bool = False,
     members: int = 1,
-    reshuffle: bool = False,
-    soft_targets: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes a bundle's per-second model on strong labels and calibrates its tracker on them, cross-validated.
 
@@ -798,10 +760,7 @@ def fit_strong(
 
     With ``members`` > 1 every fine-tuning trains that many models (member 0 with the seed of a single
     model, the others with other seeds and so other weak windows) and averages their scores
-    (:func:`average_models`): an ensemble that the daemon runs as one model. With ``reshuffle`` every
-    fine-tuning epoch after the first plays the training folds' clips in a new order (:func:`reordered`).
-    With ``soft_targets`` each second learns the share of it the strong events cover (the tracker is still
-    calibrated and scored on the 0/1 truth).
+    (:func:`average_models`): an ensemble that the daemon runs as one model.
 
     Returns:
       One JSON-ready dict: ``before`` (the bundle as it is), ``calibrated`` (its model, tracker calibrated on
@@ -847,8 +806,7 @@ def fit_strong(
         keep = [k for k in everything if k not in without]
         base_seed = seed + 97 * len(without) + sum(11 ** k for k in without)
         return average_models([finetune_seconds(seconds_keras, [streams[k] for k in keep], weak, epochs,
-                                                weak_share=weak_share, seed=base_seed + 7919 * m,
-                                                reshuffle=reshuffle, soft_targets=soft_targets)
+                                                weak_share=weak_share, seed=base_seed + 7919 * m)
                                for m in range(members)])
 
     def cal(fold_list: Sequence[int], scores: Mapping[int, npt.NDArray], cur: Sequence[npt.NDArray]) -> dict[str, Any]:
@@ -868,8 +826,7 @@ def fit_strong(
     result: dict[str, Any] = {
         "model": f"{clf.name}@{clf.version}", "folds": folds,
         "recipe": {"epochs": epochs, "learning_rate": FINETUNE_LEARNING_RATE, "weak_share": weak_share,
-                   "members": members, "reshuffle": reshuffle,
-                   "soft_targets": soft_targets,
+                   "members": members,
                    "weak_windows_from": f"{len(weak_clips)} bal_train training-side clips",
                    "max_false_alarms": max_false_alarms},
         "protocol": ("nested: fold f is captioned by a model fine-tuned on the other folds, with a tracker "
