@@ -95,7 +95,7 @@ def _load_vggish(cfg: ModelConfig) -> Callable[[npt.NDArray[np.float32]], npt.ND
 _CLASSIFIER_RUNTIME = {"tensorflow": "auto", "litert": "litert"}
 """Daemon runtime -> :func:`pipeline.classifier.load_classifier` runtime. The
 classifier's TFLite file gives the Keras model's scores (the bundle tests check
-their parity) at ~0.1 ms instead of ~10 ms a window, so the TensorFlow runtime
+their parity) at ~0.2 ms instead of ~1.5 ms a window, so the TensorFlow runtime
 uses it too when LiteRT is installed ("auto"); "tensorflow" is about VGGish."""
 
 
