@@ -189,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="calibrate on the curated calibration streams too, not on the strong streams alone")
     s.add_argument("--members", type=int, default=1,
                    help="per-second models fine-tuned with different seeds, their scores averaged in one model")
+    s.add_argument("--weak-per-second", dest="weak_pooled", action="store_false",
+                   help="weak windows are scenes whose every second carries its clip's labels (0.6's recipe), "
+                        "not whole clips judged by their pooled seconds")
 
     v = sub.add_parser("export-vggish", formatter_class=fmt,
                        help="export VGGish to TFLite (float32, int8) and a SavedModel")
@@ -285,7 +288,8 @@ def _cmd_fit_strong(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         result = fit_strong(args.model, args.strong, args.data, args.out, args.version, folds=args.folds,
                             epochs=args.epochs, weak_share=args.weak_share, max_false_alarms=args.max_false_alarms,
-                            curated=args.curated, members=args.members)
+                            curated=args.curated, members=args.members,
+                            weak_pooled=args.weak_pooled)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

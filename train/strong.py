@@ -602,13 +602,18 @@ def evaluate_strong(
 FINETUNE_EPOCHS = 8
 FINETUNE_LEARNING_RATE = 3e-4
 FINETUNE_WEAK_SHARE = 0.5
-"""Weak windows (synthetic scenes of bal_train's training side, each second carrying its clip's labels) per
-strong window in every epoch: the multi-task part that keeps the model what it was on AudioSet at large.
-0.5 shipped 2, the smallest of 0.5, 1 and 2 that kept the curated weak-label stream where the bundle
-before had it (report F1 0.735 against 0.730; 0.5: 0.700), at some cost on the strong labels. 0.6 ships
-0.5, which follows the strong truth more closely:
-nested CV segment F1 0.713 against 0.676, curated report stream 0.705, inside 0.4's 90 % interval
-(0.699-0.759), end delay p90 1.92 s (share 1: 0.692, end p90 3.84 s): docs/timeline.md."""
+"""Weak windows (of bal_train's training side) per strong window in every epoch: the multi-task part that
+keeps the model what it was on AudioSet at large. 0.5 shipped 2, the smallest of 0.5, 1 and 2 that kept the
+curated weak-label stream where the bundle before had it (report F1 0.735 against 0.730; 0.5: 0.700), at
+some cost on the strong labels. 0.6 shipped 0.5, which follows the strong truth more closely: nested CV
+segment F1 0.713 against 0.676, curated report stream 0.705, inside 0.4's 90 % interval (0.699-0.759), end
+delay p90 1.92 s (share 1: 0.692, end p90 3.84 s). 0.7 keeps 0.5 with pooled weak clips
+(:data:`FINETUNE_WEAK_POOLED`): docs/timeline.md."""
+FINETUNE_WEAK_POOLED = True
+"""Weak windows are whole clips judged by their pooled seconds (:func:`pooled_weak_loss`), not scenes whose
+every second carries its clip's labels. 0.7: nested CV segment F1 0.727, ER 0.491, onset F1 0.389 against
+0.6's 0.713, 0.517, 0.358 (higher in every fold); curated report stream 0.697 against 0.705 (weak share 2
+with pooled clips: 0.718, 0.500, 0.365, curated 0.708): docs/timeline.md."""
 
 
 def stream_windows(streams: Sequence[StrongStream]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
@@ -635,6 +640,7 @@ def finetune_seconds(
     batch_size: int = 256,
     seed: int = 0,
     verbose: int = 0,
+    weak_pooled: bool = FINETUNE_WEAK_POOLED,
 ) -> Any:
     """Fine-tunes a bundle's per-second model on strong frame targets, beside weak scene windows.
 
@@ -642,8 +648,11 @@ def finetune_seconds(
       seconds_keras: the bundle's ``seconds.keras`` (uint8 ``[B, 10, 128]`` -> ``[B, 10, C]``).
       streams: strong streams to learn from (never those it will be scored on).
       weak: ``(x [N, 10, 128], frames [N], y [N, C])`` weakly labelled clips (bal_train's training side):
-        each epoch adds ``weak_share`` x as many windows cut from a fresh stream of their scenes
-        (:func:`train.fit.scene_windows`), each second carrying its clip's labels.
+        each epoch adds ``weak_share`` x as many weak windows.
+      weak_pooled: the weak windows are whole clips (of 10 embeddings), each alone in its window, and only
+        their pooled score (linear-softmax over the clip's seconds) answers to the clip's label: a dog clip
+        must bark in some second, not in every one (:func:`pooled_weak_loss`). Else windows cut from a fresh
+        stream of their scenes (:func:`train.fit.scene_windows`), each second carrying its clip's labels.
 
     Returns:
       The fine-tuned Keras model.
@@ -654,12 +663,18 @@ def finetune_seconds(
 
     keras.utils.set_random_seed(seed)
     model = keras.saving.load_model(seconds_keras, compile=False)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=pooled_weak_loss if weak_pooled else "binary_crossentropy")
     xs, ys = stream_windows(streams)
     rng = np.random.default_rng(seed)
+    whole = np.flatnonzero(weak[1] >= params.WINDOW_EMBEDDINGS) if weak is not None else None
     for epoch in range(epochs):
         x, y = xs, ys
-        if weak is not None and weak_share > 0:
+        if weak is not None and weak_share > 0 and weak_pooled:
+            pick = rng.choice(whole, int(len(xs) * weak_share), replace=len(whole) < int(len(xs) * weak_share))
+            wy = np.repeat(2.0 + weak[2][pick][:, None, :].astype(np.float32), params.WINDOW_EMBEDDINGS, axis=1)
+            x, y = np.concatenate([xs, weak[0][pick, :params.WINDOW_EMBEDDINGS]]), np.concatenate([ys, wy])
+        elif weak is not None and weak_share > 0:
             wx, wt = scene_windows(weak[0], weak[1], weak[2], np.zeros((len(weak[0]), 0), np.uint8), rng,
                                    int(len(xs) * weak_share))
             x, y = np.concatenate([xs, wx]), np.concatenate([ys, wt["seconds"]])
@@ -667,6 +682,23 @@ def finetune_seconds(
         _LOGGER.info("fine-tune epoch %d/%d: %d strong + %d weak windows, loss %.4f", epoch + 1, epochs, len(xs),
                      len(x) - len(xs), hist.history["loss"][-1])
     return model
+
+
+def pooled_weak_loss(y_true: Any, y_pred: Any) -> Any:
+    """Per window: binary cross-entropy per second for strong windows (targets 0/1); for weak ones (targets
+    2 + the clip's label, the same in every second) the cross-entropy of the clip's label against the
+    linear-softmax pool of its seconds' scores (sum p^2 / sum p: near the max when one second is sure)."""
+    from keras import ops
+
+    eps = 1e-6
+    p = ops.clip(y_pred, eps, 1.0 - eps)
+    weak = ops.cast(y_true[:, 0, 0] >= 2.0, p.dtype)
+    t = ops.clip(y_true, 0.0, 1.0)
+    strong = -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p), axis=(1, 2))
+    label = ops.clip(y_true[:, 0, :] - 2.0, 0.0, 1.0)
+    pooled = ops.clip(ops.sum(p * p, axis=1) / ops.sum(p, axis=1), eps, 1.0 - eps)
+    weak_bce = -ops.mean(label * ops.log(pooled) + (1.0 - label) * ops.log(1.0 - pooled), axis=1)
+    return weak * weak_bce + (1.0 - weak) * strong
 
 
 def average_models(models: Sequence[Any]) -> Any:
@@ -740,6 +772,7 @@ def fit_strong(
     psds: bool = True,
     curated: bool = False,
     members: int = 1,
+    weak_pooled: bool = FINETUNE_WEAK_POOLED,
 ) -> dict[str, Any]:
     """Fine-tunes a bundle's per-second model on strong labels and calibrates its tracker on them, cross-validated.
 
@@ -806,7 +839,8 @@ def fit_strong(
         keep = [k for k in everything if k not in without]
         base_seed = seed + 97 * len(without) + sum(11 ** k for k in without)
         return average_models([finetune_seconds(seconds_keras, [streams[k] for k in keep], weak, epochs,
-                                                weak_share=weak_share, seed=base_seed + 7919 * m)
+                                                weak_share=weak_share, seed=base_seed + 7919 * m,
+                                                weak_pooled=weak_pooled)
                                for m in range(members)])
 
     def cal(fold_list: Sequence[int], scores: Mapping[int, npt.NDArray], cur: Sequence[npt.NDArray]) -> dict[str, Any]:
@@ -826,7 +860,7 @@ def fit_strong(
     result: dict[str, Any] = {
         "model": f"{clf.name}@{clf.version}", "folds": folds,
         "recipe": {"epochs": epochs, "learning_rate": FINETUNE_LEARNING_RATE, "weak_share": weak_share,
-                   "members": members,
+                   "members": members, "weak_pooled": weak_pooled,
                    "weak_windows_from": f"{len(weak_clips)} bal_train training-side clips",
                    "max_false_alarms": max_false_alarms},
         "protocol": ("nested: fold f is captioned by a model fine-tuned on the other folds, with a tracker "
@@ -877,8 +911,11 @@ def fit_strong(
     meta.setdefault("seconds", {})["strong_finetune"] = {
         "from": f"{clf.name}@{clf.version}",
         "trained_on": (f"the strong frame targets of all {len(streams)} folds of {Path(strong_dir).name} and, "
-                       f"{weak_share:g} x as many per epoch, windows of synthetic scenes of {len(weak_clips)} "
-                       "bal_train training-side clips (each second carrying its clip's labels)"),
+                       f"{weak_share:g} x as many per epoch, "
+                       + (f"whole clips of {len(weak_clips)} bal_train training-side clips (each judged by "
+                          "its pooled seconds against its labels)" if weak_pooled else
+                          f"windows of synthetic scenes of {len(weak_clips)} bal_train training-side clips "
+                          "(each second carrying its clip's labels)")),
         **result["recipe"],
         "command": "audiocap-train fit-strong",
     }
