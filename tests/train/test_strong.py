@@ -110,20 +110,27 @@ def test_shipped_bundle_on_a_natural_strong_stream(tmp_path):
     assert strong.learned_from({"tracker": {"calibrated_on": "curated streams of bal_train"}}, STRONG) == []
 
 
-@pytest.mark.slow
-def test_fine_tuning_on_strong_frames_learns_them_and_the_bundle_runs_it(tmp_path):
-    """Two epochs on one fold's strong frames: the per-second AP on those frames rises, and the bundle written
-    with the new model gives the same scores in LiteRT as in Keras."""
+def _shipped_and_fold0() -> tuple:
+    """The shipped bundle (LiteRT) and the natural stream of fold 0 of the strong clips, truth in its classes."""
     if not (STRONG / strong.TFRECORD).is_file():
         pytest.skip(f"no strong-labelled clips at {STRONG}")
     from pipeline.classifier import load_classifier
     from pipeline.labels import ClassMap
-    from train.evaluate import average_precisions
 
     clf = load_classifier(runtime="litert")
     names = strong.class_names(ClassMap.from_metadata(clf.metadata["classes"]), SHARED / "audioset" /
                                "class_labels_indices.csv")
-    st = strong.fold_streams(strong.load_strong(STRONG), names)[0]
+    return clf, strong.fold_streams(strong.load_strong(STRONG), names)[0]
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_strong_frames_learns_them_and_the_bundle_runs_it(tmp_path):
+    """Two epochs on one fold's strong frames: the per-second AP on those frames rises, and the bundle written
+    with the new model gives the same scores in LiteRT as in Keras."""
+    from pipeline.classifier import load_classifier
+    from train.evaluate import average_precisions
+
+    clf, st = _shipped_and_fold0()
     x, y = strong.stream_windows([st])
     last = params.WINDOW_EMBEDDINGS - 1
     before = np.nanmean(average_precisions(y[:, last], clf.predict_seconds(x)[:, last]))
@@ -188,20 +195,13 @@ def test_pooled_weak_windows_teach_where_in_the_clip_the_sound_is():
     """Weak clips whose class sounds in two of their ten seconds (a loud pattern; the rest is the background of
     every clip): learned from the clips' labels alone, the pooled loss scores the background seconds of those
     clips lower than every-second targets do, and the sounding seconds high."""
-    if not (STRONG / strong.TFRECORD).is_file():
-        pytest.skip(f"no strong-labelled clips at {STRONG}")
-    from pipeline.classifier import load_classifier
-    from pipeline.labels import ClassMap
-
-    clf = load_classifier(runtime="litert")
-    names = strong.class_names(ClassMap.from_metadata(clf.metadata["classes"]), SHARED / "audioset" /
-                               "class_labels_indices.csv")
-    st = strong.fold_streams(strong.load_strong(STRONG), names)[0]
+    clf, st = _shipped_and_fold0()
+    n_classes = len(clf.classes)
     rng = np.random.default_rng(5)
 
     def weak_clips(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         x = rng.integers(96, 160, (n, 10, 128), dtype=np.uint8)
-        y = np.zeros((n, len(names)), np.uint8)
+        y = np.zeros((n, n_classes), np.uint8)
         where = np.zeros((n, 10), bool)
         for i in range(n // 2):  # the first half carry class 0 (Speech), in seconds k and k + 1
             k = rng.integers(0, 9)
