@@ -642,7 +642,7 @@ def finetune_seconds(
     verbose: int = 0,
     weak_pooled: bool = FINETUNE_WEAK_POOLED,
 ) -> Any:
-    """Fine-tunes a bundle's per-second model on strong frame targets, beside weak scene windows.
+    """Fine-tunes a bundle's per-second model on strong frame targets, beside weakly labelled clips.
 
     Args:
       seconds_keras: the bundle's ``seconds.keras`` (uint8 ``[B, 10, 128]`` -> ``[B, 10, C]``).
