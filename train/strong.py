@@ -610,6 +610,9 @@ segment F1 0.713 against 0.676, curated report stream 0.705, inside 0.4's 90 % i
 delay p90 1.92 s (share 1: 0.692, end p90 3.84 s). 0.7 keeps 0.5 with pooled weak clips
 (:data:`FINETUNE_WEAK_POOLED`): docs/timeline.md."""
 FINETUNE_WEAK_POOLED = True
+WEAK_TARGET_OFFSET = 2.0
+"""A weak window's targets are its clip's labels plus this, the same in every second: what tells
+:func:`pooled_weak_loss` a weak window (pooled) from a strong one (targets 0 or 1 per second)."""
 """Weak windows are whole clips judged by their pooled seconds (:func:`pooled_weak_loss`), not scenes whose
 every second carries its clip's labels. 0.7: nested CV segment F1 0.727, ER 0.491, onset F1 0.389 against
 0.6's 0.713, 0.517, 0.358 (higher in every fold); curated report stream 0.697 against 0.705 (weak share 2
@@ -672,7 +675,7 @@ def finetune_seconds(
         x, y = xs, ys
         if weak is not None and weak_share > 0 and weak_pooled:
             pick = rng.choice(whole, int(len(xs) * weak_share), replace=len(whole) < int(len(xs) * weak_share))
-            wy = np.repeat(2.0 + weak[2][pick][:, None, :].astype(np.float32), params.WINDOW_EMBEDDINGS, axis=1)
+            wy = np.repeat(WEAK_TARGET_OFFSET + weak[2][pick][:, None, :].astype(np.float32), params.WINDOW_EMBEDDINGS, axis=1)
             x, y = np.concatenate([xs, weak[0][pick, :params.WINDOW_EMBEDDINGS]]), np.concatenate([ys, wy])
         elif weak is not None and weak_share > 0:
             wx, wt = scene_windows(weak[0], weak[1], weak[2], np.zeros((len(weak[0]), 0), np.uint8), rng,
@@ -686,16 +689,16 @@ def finetune_seconds(
 
 def pooled_weak_loss(y_true: Any, y_pred: Any) -> Any:
     """Per window: binary cross-entropy per second for strong windows (targets 0/1); for weak ones (targets
-    2 + the clip's label, the same in every second) the cross-entropy of the clip's label against the
+    :data:`WEAK_TARGET_OFFSET` + the clip's label, the same in every second) the cross-entropy of the clip's label against the
     linear-softmax pool of its seconds' scores (sum p^2 / sum p: near the max when one second is sure)."""
     from keras import ops
 
     eps = 1e-6
     p = ops.clip(y_pred, eps, 1.0 - eps)
-    weak = ops.cast(y_true[:, 0, 0] >= 2.0, p.dtype)
+    weak = ops.cast(y_true[:, 0, 0] >= WEAK_TARGET_OFFSET, p.dtype)
     t = ops.clip(y_true, 0.0, 1.0)
     strong = -ops.mean(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p), axis=(1, 2))
-    label = ops.clip(y_true[:, 0, :] - 2.0, 0.0, 1.0)
+    label = ops.clip(y_true[:, 0, :] - WEAK_TARGET_OFFSET, 0.0, 1.0)
     pooled = ops.clip(ops.sum(p * p, axis=1) / ops.sum(p, axis=1), eps, 1.0 - eps)
     weak_bce = -ops.mean(label * ops.log(pooled) + (1.0 - label) * ops.log(1.0 - pooled), axis=1)
     return weak * weak_bce + (1.0 - weak) * strong

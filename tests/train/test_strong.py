@@ -177,8 +177,8 @@ def test_the_pooled_weak_loss_scores_a_weak_clip_by_its_pooled_seconds():
     p[1, 3, 0] = 0.95
     truth = np.zeros((2, 10, 2), np.float32)
     truth[0, :5, 0] = 1
-    truth[1] = 2.0
-    truth[1, :, 0] = 3.0  # weak: class 0 in the clip, class 1 not
+    truth[1] = strong.WEAK_TARGET_OFFSET
+    truth[1, :, 0] = strong.WEAK_TARGET_OFFSET + 1  # weak: class 0 in the clip, class 1 not
     got = np.asarray(strong.pooled_weak_loss(truth, p))
     t0, p0 = truth[0], p[0]
     pooled = (p[1] ** 2).sum(axis=0) / p[1].sum(axis=0)  # [0.536, 0.1]
