@@ -610,13 +610,13 @@ segment F1 0.713 against 0.676, curated report stream 0.705, inside 0.4's 90 % i
 delay p90 1.92 s (share 1: 0.692, end p90 3.84 s). 0.7 keeps 0.5 with pooled weak clips
 (:data:`FINETUNE_WEAK_POOLED`): docs/timeline.md."""
 FINETUNE_WEAK_POOLED = True
-WEAK_TARGET_OFFSET = 2.0
-"""A weak window's targets are its clip's labels plus this, the same in every second: what tells
-:func:`pooled_weak_loss` a weak window (pooled) from a strong one (targets 0 or 1 per second)."""
 """Weak windows are whole clips judged by their pooled seconds (:func:`pooled_weak_loss`), not scenes whose
 every second carries its clip's labels. 0.7: nested CV segment F1 0.727, ER 0.491, onset F1 0.389 against
 0.6's 0.713, 0.517, 0.358 (higher in every fold); curated report stream 0.697 against 0.705 (weak share 2
 with pooled clips: 0.718, 0.500, 0.365, curated 0.708): docs/timeline.md."""
+WEAK_TARGET_OFFSET = 2.0
+"""A weak window's targets are its clip's labels plus this, the same in every second: what tells
+:func:`pooled_weak_loss` a weak window (pooled) from a strong one (targets 0 or 1 per second)."""
 
 
 def stream_windows(streams: Sequence[StrongStream]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
@@ -671,15 +671,16 @@ def finetune_seconds(
     xs, ys = stream_windows(streams)
     rng = np.random.default_rng(seed)
     whole = np.flatnonzero(weak[1] >= params.WINDOW_EMBEDDINGS) if weak is not None else None
+    n_weak = int(len(xs) * weak_share)
     for epoch in range(epochs):
         x, y = xs, ys
-        if weak is not None and weak_share > 0 and weak_pooled:
-            pick = rng.choice(whole, int(len(xs) * weak_share), replace=len(whole) < int(len(xs) * weak_share))
-            wy = np.repeat(WEAK_TARGET_OFFSET + weak[2][pick][:, None, :].astype(np.float32), params.WINDOW_EMBEDDINGS, axis=1)
+        if weak is not None and n_weak > 0 and weak_pooled:
+            pick = rng.choice(whole, n_weak, replace=len(whole) < n_weak)
+            wy = np.repeat(WEAK_TARGET_OFFSET + weak[2][pick][:, None, :].astype(np.float32),
+                           params.WINDOW_EMBEDDINGS, axis=1)
             x, y = np.concatenate([xs, weak[0][pick, :params.WINDOW_EMBEDDINGS]]), np.concatenate([ys, wy])
-        elif weak is not None and weak_share > 0:
-            wx, wt = scene_windows(weak[0], weak[1], weak[2], np.zeros((len(weak[0]), 0), np.uint8), rng,
-                                   int(len(xs) * weak_share))
+        elif weak is not None and n_weak > 0:
+            wx, wt = scene_windows(weak[0], weak[1], weak[2], np.zeros((len(weak[0]), 0), np.uint8), rng, n_weak)
             x, y = np.concatenate([xs, wx]), np.concatenate([ys, wt["seconds"]])
         hist = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=verbose)
         _LOGGER.info("fine-tune epoch %d/%d: %d strong + %d weak windows, loss %.4f", epoch + 1, epochs, len(xs),
@@ -689,8 +690,9 @@ def finetune_seconds(
 
 def pooled_weak_loss(y_true: Any, y_pred: Any) -> Any:
     """Per window: binary cross-entropy per second for strong windows (targets 0/1); for weak ones (targets
-    :data:`WEAK_TARGET_OFFSET` + the clip's label, the same in every second) the cross-entropy of the clip's label against the
-    linear-softmax pool of its seconds' scores (sum p^2 / sum p: near the max when one second is sure)."""
+    :data:`WEAK_TARGET_OFFSET` + the clip's label, the same in every second) the cross-entropy of the clip's
+    label against the linear-softmax pool of its seconds' scores (sum p^2 / sum p: near the max when one
+    second is sure)."""
     from keras import ops
 
     eps = 1e-6
